@@ -1,0 +1,124 @@
+"""
+Typed configuration: dataclass defaults, then an optional Python override file, then --key=value flags.
+
+    cfg = load_config(TrainConfig(), ["config/char_enwik8.py", "--lr=0.1"])
+
+An override file is plain Python (`n_layer = 12`) run in a fresh namespace; only its public,
+non-module names count. Flags are `--key=value`, the value parsed as a Python literal when it is
+one and kept as a string otherwise. Every value is coerced to the type of its default (an int
+where a float is expected is fine, `--compile=False` is a bool). An unknown key or a value of the
+wrong type raises UserError naming where it came from and, for a typo, the closest known key.
+
+UserError is the one exception the entry points turn into a single line on stderr and exit code 2
+(see `cli`): every mistake a user can make is raised as one.
+"""
+import ast
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, never as a traceback."""
+
+
+def cli(main):
+    """Run main(argv); a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _suggest(key, known):
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field_types(cfg):
+    hints = typing.get_type_hints(type(cfg))
+    return {f.name: hints[f.name] for f in dataclasses.fields(cfg)}
+
+
+def coerce(key, value, typ, where):
+    """Return value as type typ (a plain type or Optional[...]), or raise UserError."""
+    origin_args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None and type(None) in origin_args:
+            return None
+        (typ,) = [a for a in origin_args if a is not type(None)]
+    ok = False
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(typ) in (tuple, list):
+        ok = isinstance(value, (tuple, list))
+        value = typing.get_origin(typ)(value) if ok else value
+    else:
+        ok = isinstance(value, typ)
+    if not ok:
+        name = getattr(typ, "__name__", str(typ))
+        raise UserError(f"{where}: {key} must be {name}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def parse_literal(raw):
+    """'3' -> 3, 'False' -> False, '1e-3' -> 0.001, 'hello' -> 'hello' (a bare word stays a string)."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+
+
+def read_override_file(path):
+    """The public names a Python override file defines, as a dict."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist (see config/ for the ones we ship)")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    namespace = {}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise UserError(f"config file {path} line {e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # an override file that raises is the user's input, not our bug
+        raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+
+
+def load_config(defaults, argv):
+    """Apply override files then --key=value flags from argv to a copy of the dataclass `defaults`."""
+    types_ = _field_types(defaults)
+    values = dataclasses.asdict(defaults)
+
+    def apply(key, value, where):
+        if key not in types_:
+            raise UserError(f"{where}: unknown config key '{key}'{_suggest(key, list(types_))}")
+        values[key] = coerce(key, value, types_[key], where)
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, raw = arg[2:].partition("=")
+            if not eq:
+                raise UserError(f"flag {arg} has no value: write --{key}=VALUE")
+            apply(key.replace("-", "_"), parse_literal(raw), f"flag {arg}")
+        elif arg.endswith(".py"):
+            for key, value in read_override_file(arg).items():
+                apply(key, value, f"config file {arg}")
+        else:
+            raise UserError(f"unexpected argument '{arg}': pass a config/*.py file or --key=value flags")
+    cfg = type(defaults)(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
