@@ -1,0 +1,91 @@
+"""configurator: override files, flags, coercion to the default's type, strict keys with suggestions."""
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from configurator import UserError, load_config, parse_literal
+
+
+@dataclass
+class Cfg:
+    lr: float = 1e-3
+    n_layer: int = 4
+    compile: bool = True
+    dataset: str = "pycode"
+    top_k: Optional[int] = None
+
+
+def test_defaults_untouched_without_arguments():
+    assert load_config(Cfg(), []) == Cfg()
+
+
+def test_override_file_then_flags(tmp_path):
+    f = tmp_path / "over.py"
+    f.write_text("import math\nn_layer = 12\nlr = 0.5 * 2\n_private = 3\ndataset = 'enwik8'\n")
+    cfg = load_config(Cfg(), [str(f), "--lr=0.1"])
+    assert (cfg.n_layer, cfg.lr, cfg.dataset) == (12, 0.1, "enwik8")  # the flag wins over the file
+
+
+def test_coercion_to_the_default_type():
+    cfg = load_config(Cfg(), ["--lr=1", "--compile=False", "--dataset=wikitext2", "--top_k=50"])
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.compile is False
+    assert cfg.dataset == "wikitext2"
+    assert cfg.top_k == 50
+    assert load_config(Cfg(), ["--top_k=None"]).top_k is None
+
+
+def test_value_containing_equals_sign():
+    assert load_config(Cfg(), ["--dataset=a=b"]).dataset == "a=b"
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("--n_layers=3", r"unknown config key 'n_layers'.*did you mean 'n_layer'"),
+    ("--lr=fast", r"lr must be float.*'fast'"),
+    ("--n_layer=2.5", r"n_layer must be int"),
+    ("--compile=1", r"compile must be bool"),
+    ("--lr", r"has no value"),
+    ("stray", r"unexpected argument 'stray'"),
+    ("config/nope.py", r"config file config/nope.py does not exist"),
+])
+def test_bad_input_is_a_clear_user_error(arg, match):
+    with pytest.raises(UserError, match=match):
+        load_config(Cfg(), [arg])
+
+
+def test_errors_in_override_files_name_the_file(tmp_path):
+    typo = tmp_path / "typo.py"
+    typo.write_text("learning_rat = 0.1\n")
+    with pytest.raises(UserError, match=r"config file .*typo.py: unknown config key 'learning_rat'"):
+        load_config(Cfg(), [str(typo)])
+    broken = tmp_path / "broken.py"
+    broken.write_text("n_layer = = 3\n")
+    with pytest.raises(UserError, match=r"broken.py line 1: syntax error"):
+        load_config(Cfg(), [str(broken)])
+
+
+def test_parse_literal_keeps_bare_words_as_strings():
+    assert parse_literal("1e-3") == 1e-3
+    assert parse_literal("True") is True
+    assert parse_literal("hello world") == "hello world"
+    assert parse_literal("'quoted'") == "quoted"
+
+
+def test_validate_hook_runs():
+    @dataclass
+    class Checked:
+        n: int = 1
+
+        def validate(self):
+            if self.n < 1:
+                raise UserError("n must be positive")
+
+    with pytest.raises(UserError, match="n must be positive"):
+        load_config(Checked(), ["--n=0"])
+
+
+def test_importing_the_stages_does_nothing(capsys):
+    import sample  # noqa: F401
+    import train  # noqa: F401
+    assert capsys.readouterr().out == ""
