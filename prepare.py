@@ -43,7 +43,8 @@ SPLITS = ("train", "val", "test")
 MAX_VOCAB = 65535            # ids are stored as uint16
 UNICODE_SIZE = 0x110000      # number of code points
 GPT2_CHUNK_CHARS = 1 << 16   # BPE works on pieces this long (cut at safe line breaks), spread over threads
-BATCH_CHARS = 1 << 22        # documents are tokenized in batches of about this many characters
+BATCH_CHARS = 1 << 20        # documents are tokenized in batches of about this many characters
+CHAR_BLOCK = 1 << 23         # char tokenizer: code points handled per numpy step (bounds temporary memory)
 NUM_THREADS = os.cpu_count() or 1
 
 # Every file prepare.py downloads: dataset key -> (base URL, {file name: sha256 or None}). --url=BASE replaces
@@ -167,7 +168,9 @@ class Tokenizer:
         if kind == "char":
             seen = np.zeros(UNICODE_SIZE, dtype=bool)
             for doc in docs:
-                seen[_codes(_as_text(doc))] = True
+                text = _as_text(doc)
+                for i in range(0, len(text), CHAR_BLOCK):
+                    seen[_codes(text[i:i + CHAR_BLOCK])] = True
             return cls(kind, [chr(c) for c in np.flatnonzero(seen)])
         if kind == "word":  # ids in order of first appearance, as word_language_model's Dictionary
             vocab = {}
@@ -217,6 +220,9 @@ class Tokenizer:
                 for ids in self._hf(docs, add_special_tokens=False)["input_ids"]]
 
     def _encode_chars(self, text):
+        if len(text) > CHAR_BLOCK:
+            return np.concatenate([self._encode_chars(text[i:i + CHAR_BLOCK])
+                                   for i in range(0, len(text), CHAR_BLOCK)])
         codes = _codes(text)
         ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
         bad = np.flatnonzero((ids < 0) | (codes >= len(self._lut)))
@@ -304,7 +310,7 @@ def open_split(data_dir, split, check_ids=False):
         raise UserError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     meta = load_meta(data_dir)
     path = Path(data_dir) / f"{split}.bin"
-    again = f"run `python prepare.py {meta['dataset']}` again"
+    again = f"run `{meta['source'].get('command', 'python prepare.py ' + meta['dataset'])}` again"
     if not path.is_file():
         raise UserError(f"{path} is missing: {again}")
     size = path.stat().st_size
@@ -435,7 +441,9 @@ class RemoteFile(io.RawIOBase):
             self._resp = None
         if self._failures > RETRIES:
             raise _unreachable(self.url, why)
-        time.sleep(BACKOFF_S * 2 ** (self._failures - 1))
+        wait = BACKOFF_S * 2 ** (self._failures - 1)
+        print(f"{self.url}: {why}; retry {self._failures}/{RETRIES} in {wait:g} s", file=sys.stderr)
+        time.sleep(wait)
 
     def readinto(self, buf):
         import http.client
@@ -538,12 +546,12 @@ def _split_of(position, bounds):
     return SPLITS[sum(position >= b for b in bounds)]
 
 
-def _read_utf8(path, what="file"):
-    path = Path(path)
-    if not path.is_file():
+def _read_utf8(path, what="file", data=None):
+    """The text of a UTF-8 file (or of `data`, bytes read from `path`), or a UserError."""
+    if data is None and not Path(path).is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
-        return path.read_bytes().decode("utf-8")
+        return (Path(path).read_bytes() if data is None else data).decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it first, e.g. iconv -t utf-8") from None
 
@@ -622,10 +630,9 @@ def _read_wikitext(path):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             found = {Path(n).name: n for n in z.namelist()}
-            read = lambda n: z.read(found[n]).decode("utf-8")  # noqa: E731
             names = {s: next((n for n in c if n in found), None) for s, c in _WIKITEXT_FILES.items()}
             if None not in names.values():
-                return {s: read(n) for s, n in names.items()}
+                return {s: _read_utf8(f"{path}:{found[n]}", data=z.read(found[n])) for s, n in names.items()}
     elif path.is_dir():
         names = {s: next((n for n in c if (path / n).is_file()), None) for s, c in _WIKITEXT_FILES.items()}
         if None not in names.values():
@@ -735,6 +742,9 @@ def prepare(cfg):
     if tok is None:
         docs = list(docs)
         tok = Tokenizer.build(kind, (d for _, d in docs))
+    changed = [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
+               if k != "dataset" and v != getattr(PrepareConfig, k)]
+    src.info["command"] = " ".join(["python prepare.py", cfg.dataset] + changed)  # for "run it again" hints
     meta = write_dataset(out_dir, name, tok, docs, src.info, src.separate_docs)
     print(f"{out_dir}: {kind} tokenizer, vocab_size {tok.vocab_size:,}")
     for s, st in meta["splits"].items():
@@ -759,8 +769,7 @@ def benchmark(mb=4.0, plwiki_mb=(8, 32)):
         best = min(_timed(tok.encode_many, [text]) for _ in range(3))
         results[f"{kind}_MB_per_s"] = round(n_bytes / 1e6 / best, 1)
     here = os.path.dirname(os.path.abspath(__file__))
-    child = ("import prepare, resource, sys\n{}\n"
-             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    child = "import prepare, sys\n{}\nprint('peak_rss_mb', prepare._peak_rss_mb())"
     with tempfile.TemporaryDirectory() as tmp:
         for size in (0,) + tuple(plwiki_mb):  # 0: the baseline, importing prepare and loading gpt2
             path = Path(tmp) / f"plwiki{size}.jsonl.zst"
@@ -768,10 +777,22 @@ def benchmark(mb=4.0, plwiki_mb=(8, 32)):
             code = child.format("prepare.main(sys.argv[1:])" if size else "prepare.Tokenizer('gpt2')")
             argv = ["plwiki", f"--source={path}", f"--data_dir={tmp}", f"--n_docs={n_docs}"]
             run = subprocess.run([sys.executable, "-c", code] + argv, cwd=here, capture_output=True, text=True)
-            kb = [int(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("maxrss_kb")]
+            mb = [float(line.split()[1]) for line in run.stdout.splitlines() if line.startswith("peak_rss_mb")]
             key = f"plwiki_{size}MB_peak_rss_MB" if size else "baseline_rss_MB"
-            results[key] = round(kb[0] / 1024, 1) if kb else f"failed: {run.stderr.strip()[-300:]}"
+            results[key] = round(mb[0], 1) if mb else f"failed: {run.stderr.strip()[-300:]}"
     return results
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory: VmHWM on Linux (ru_maxrss there also counts the parent's
+    memory at fork time, so it is useless in a child), ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024 / 1024
 
 
 def _timed(fn, *args):

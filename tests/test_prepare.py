@@ -199,7 +199,7 @@ def test_open_split_validation(tmp_path):
         prepare.open_split(data, "valid")
     good = (data / "val.bin").read_bytes()
     (data / "val.bin").write_bytes(good + b"\0")
-    with pytest.raises(UserError, match="odd size"):
+    with pytest.raises(UserError, match=f"odd size.*run `python prepare.py text .*--input={path}` again"):
         prepare.open_split(data, "val")
     (data / "val.bin").write_bytes(good[:-2])
     with pytest.raises(UserError, match="meta.json says"):

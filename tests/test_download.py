@@ -1,0 +1,207 @@
+"""Tests for prepare.py's downloads against a local HTTP server (127.0.0.1, Range support, scripted
+failures): resume after a cut or an interrupted run, checksum failures, 404s, reuse, --source, and
+whole datasets fetched and streamed over HTTP. Run: .venv/bin/pytest -q tests/test_download.py"""
+import hashlib
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import zstandard
+
+import prepare
+from configurator import UserError
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves server.files; honours "Range: bytes=N-" unless server.ignore_range; server.cut[path] = N
+    sends only N bytes of the next response for path, then drops the connection; server.fail[path] =
+    status answers the next request for path with that status."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        srv = self.server
+        srv.log.append((self.path, self.headers.get("Range")))
+        body = srv.files.get(self.path)
+        status = srv.fail.pop(self.path, None) or (404 if body is None else None)
+        if status:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start, wanted = 0, self.headers.get("Range")
+        if wanted and not srv.ignore_range:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        cut = srv.cut.pop(self.path, None)
+        self.wfile.write(body[start:start + cut] if cut is not None else body[start:])
+        if cut is not None:
+            self.wfile.flush()
+            self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.files, httpd.log, httpd.cut, httpd.fail, httpd.ignore_range = {}, [], {}, {}, False
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+BODY = os.urandom(300_000)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+def test_cut_connection_resumes_with_range(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    server.cut["/f.bin"] = 100_000
+    dest = prepare.download(server.url + "/f.bin", tmp_path / "raw" / "f.bin", sha256=SHA)
+    assert dest.read_bytes() == BODY
+    assert server.log == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
+    assert not (tmp_path / "raw" / "f.bin.part").exists()
+
+
+def test_interrupted_run_resumes_from_part_file(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    (tmp_path / "f.bin.part").write_bytes(BODY[:123_456])
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY  # size checked
+    assert server.log == [("/f.bin", "bytes=123456-")]
+
+
+def test_server_ignoring_range_still_gives_the_file(server, tmp_path):
+    server.files["/f.bin"], server.ignore_range = BODY, True
+    (tmp_path / "f.bin.part").write_bytes(BODY[:50_000])
+    server.cut["/f.bin"] = 200_000
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert len(server.log) == 2
+
+
+def test_complete_part_file_gets_416_and_is_kept(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    (tmp_path / "f.bin.part").write_bytes(BODY)
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert server.log == [("/f.bin", f"bytes={len(BODY)}-")]
+
+
+def test_corrupt_download_fails_checksum_and_is_deleted(server, tmp_path):
+    server.files["/f.bin"] = BODY[:-1] + b"X"
+    with pytest.raises(UserError, match=f"f.bin is corrupt \\(sha256 .*expected {SHA}\\) and was deleted"):
+        prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+    assert list(tmp_path.iterdir()) == []
+    server.files["/f.bin"] = BODY[:-1]
+    with pytest.raises(UserError, match="size 299,999 bytes, expected 300,000"):
+        prepare.download(server.url + "/f.bin", tmp_path / "f.bin", size=len(BODY))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verified_file_is_reused_and_a_bad_one_replaced(server, tmp_path):
+    server.files["/f.bin"] = BODY
+    prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+    prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+    assert len(server.log) == 1
+    (tmp_path / "f.bin").write_bytes(b"garbage")
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert len(server.log) == 2
+
+
+def test_retries_after_server_error(server, tmp_path):
+    server.files["/f.bin"], server.fail["/f.bin"] = BODY, 503
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY
+    assert len(server.log) == 2
+
+
+def test_404_is_one_clear_user_error(server, tmp_path):
+    with pytest.raises(UserError, match=f"could not download {server.url}/enwik8.zip \\(HTTP 404\\).*--source=PATH"):
+        prepare.main(["enwik8", f"--url={server.url}", f"--data_dir={tmp_path}"])
+    assert server.log == [("/enwik8.zip", None)]  # no retries on a 404
+    assert not (tmp_path / "enwik8" / "raw" / "enwik8.zip").exists()
+
+
+def test_no_network_is_one_clear_user_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=f"could not download http://127.0.0.1:{port}/x .*--source"):
+        prepare.download(f"http://127.0.0.1:{port}/x", tmp_path / "x")
+
+
+# ----------------------------------------------------------------------------- whole datasets over HTTP
+
+@pytest.fixture
+def wikitext_files(shared_dir):
+    wt = shared_dir / "data" / "wikitext-2"
+    valid, test = (wt / "valid.txt").read_bytes(), (wt / "test.txt").read_bytes()
+    return {"/wt/train.txt": valid + test, "/wt/valid.txt": valid, "/wt/test.txt": test}
+
+
+def test_wikitext2_download_verify_reuse(server, tmp_path, wikitext_files):
+    server.files.update(wikitext_files)
+    argv = ["wikitext2", "--tokenizer=word", f"--url={server.url}/wt", f"--data_dir={tmp_path}"]
+    prepare.main(argv)
+    meta = prepare.load_meta(tmp_path / "wikitext2")
+    assert (meta["splits"]["val"]["tokens"], meta["splits"]["test"]["tokens"]) == (217_646, 245_569)
+    assert sorted(p.name for p in (tmp_path / "wikitext2" / "raw").iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    assert len(server.log) == 3
+    prepare.main(argv)  # verified files are reused
+    assert len(server.log) == 3
+
+
+def test_wikitext2_source_skips_the_network(server, tmp_path, wikitext_files):
+    for path, body in wikitext_files.items():
+        (tmp_path / path.rpartition("/")[2]).write_bytes(body)
+    prepare.main(["wikitext2", "--tokenizer=word", f"--source={tmp_path}", f"--url={server.url}/wt",
+                  f"--data_dir={tmp_path / 'data'}"])
+    assert prepare.load_meta(tmp_path / "data" / "wikitext2")["splits"]["test"]["tokens"] == 245_569
+    assert server.log == []
+
+
+def test_wikitext2_corrupt_file_is_refused(server, tmp_path, wikitext_files):
+    server.files.update(wikitext_files)
+    server.files["/wt/valid.txt"] = wikitext_files["/wt/valid.txt"].replace(b"lobster", b"crab")
+    with pytest.raises(UserError, match="valid.txt is corrupt"):
+        prepare.main(["wikitext2", "--tokenizer=word", f"--url={server.url}/wt", f"--data_dir={tmp_path}"])
+    raw = tmp_path / "wikitext2" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == ["train.txt"]  # the bad valid.txt is gone
+    assert not (tmp_path / "wikitext2" / "meta.json").exists()
+
+
+def test_plwiki_streams_over_http_through_a_dropped_connection(server, tmp_path):
+    lines = [json.dumps({"text": f"Artykuł {i}: " + "ślimak " * (i % 50), "meta": {"quality": ["HIGH", "LOW"][i % 2]}})
+             for i in range(3000)]
+    blob = zstandard.ZstdCompressor(level=1).compress("\n".join(lines).encode("utf-8"))
+    (tmp_path / "plwiki.jsonl.zst").write_bytes(blob)
+    server.files["/sl/plwiki.jsonl.zst"] = blob
+    server.files["/sl/plwiki.manifest"] = json.dumps({"file_size": len(blob), "stats": {"documents": 3000}}).encode()
+    server.cut["/sl/plwiki.jsonl.zst"] = len(blob) // 3
+    common = ["plwiki", "--n_docs=1200", "--tokenizer=byte", f"--data_dir={tmp_path}"]
+    prepare.main(common + [f"--url={server.url}/sl/", "--name=web"])
+    prepare.main(common + [f"--source={tmp_path / 'plwiki.jsonl.zst'}", "--name=local"])
+    assert server.log == [("/sl/plwiki.manifest", None), ("/sl/plwiki.jsonl.zst", None),
+                          ("/sl/plwiki.jsonl.zst", f"bytes={len(blob) // 3}-")]
+    for s in prepare.SPLITS:
+        assert (tmp_path / "web" / f"{s}.bin").read_bytes() == (tmp_path / "local" / f"{s}.bin").read_bytes()
+    meta = prepare.load_meta(tmp_path / "web")
+    assert sum(meta["source"]["docs"].values()) == 1200 and meta["source"]["manifest_documents"] == 3000
+    assert [p.name for p in (tmp_path / "web" / "raw").iterdir()] == ["plwiki.manifest"]  # archive not stored
