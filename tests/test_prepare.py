@@ -395,3 +395,13 @@ def test_plwiki_errors(tmp_path):
     (tmp_path / "bad.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"txt": 1}\n'))
     with pytest.raises(UserError, match="document 1 is not"):
         run("plwiki", f"--source={tmp_path / 'bad.jsonl.zst'}", f"--data_dir={tmp_path}", "--tokenizer=byte")
+
+
+def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
+    results = prepare.benchmark(mb=0.3, plwiki_mb=(1, 8))
+    assert results["text_MB"] >= 0.3
+    for kind in ("char", "byte", "gpt2"):
+        assert isinstance(results[f"{kind}_MB_per_s"], float) and results[f"{kind}_MB_per_s"] > 0
+    small, big = results["plwiki_1MB_peak_rss_MB"], results["plwiki_8MB_peak_rss_MB"]
+    assert isinstance(big, float) and big > results["baseline_rss_MB"] > 0
+    assert big < small + 20  # streamed: holding 8 MB of text and its token lists would take ~80 MB more
