@@ -31,12 +31,12 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 @dataclass
 class RNNConfig:
     vocab_size: int = 256
-    n_layer: int = 2
+    n_layer: int = 4          # defaults: the same as train.py's TrainConfig
     n_embd: int = 128
-    n_hidden: int = 256
+    n_hidden: int = 512
     dropout: float = 0.0
-    cell: str = "lstm"
-    tie_weights: bool = False
+    cell: str = "lstm"        # "lstm" | "gru"; train.py passes its `model` key
+    tie_weights: bool = True
 
     def __post_init__(self):
         if self.cell not in CELLS:
