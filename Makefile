@@ -6,6 +6,7 @@
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
 #   make sample OUT=out/quickstart ARGS="--temperature=1.5"
 #   make bench                 training / tokenizer / generation throughput on this machine
+#   make compare DATASET=pycode BUDGET=1.5   GPT vs LSTM, same data and minutes each -> out/compare-<dataset>/report.md
 #
 # PYTHON=/path/to/python uses an existing interpreter (its packages are installed from
 # requirements.txt) instead of creating .venv.
@@ -17,6 +18,10 @@ CONFIG ?= config/quickstart.py
 OUT ?= out/quickstart
 ARGS ?=
 SHARED ?= ../shared
+BUDGET ?= 1.5
+COMPARE_DIR ?= out/compare-$(DATASET)
+GPT_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_gpt.py) config/quickstart.py)
+LSTM_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_lstm.py) config/quickstart_lstm.py)
 
 ifeq ($(PYTHON),$(VENV)/bin/python)
 DEPS := $(VENV)/.installed
@@ -24,7 +29,7 @@ else
 DEPS := deps-external
 endif
 
-.PHONY: all deps deps-external data train sample test bench clean
+.PHONY: all deps deps-external data train sample test bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	$(PYTHON) train.py config/quickstart.py
@@ -58,6 +63,11 @@ test: $(DEPS)
 
 bench: $(DEPS)
 	$(PYTHON) bench.py $(ARGS)
+
+compare: $(DEPS) $(if $(filter pycode,$(DATASET)),data/pycode/meta.json)
+	$(PYTHON) train.py $(GPT_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/gpt $(ARGS)
+	$(PYTHON) train.py $(LSTM_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/lstm $(ARGS)
+	$(PYTHON) compare.py $(COMPARE_DIR)
 
 clean:
 	rm -rf out/quickstart out/compare-* .pytest_cache

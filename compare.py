@@ -1,0 +1,129 @@
+"""
+Report a transformer-vs-LSTM comparison: two runs trained on the same data under the same budget.
+
+    make compare                                   # quickstart GPT vs LSTM on pycode, 1.5 minutes each
+    make compare DATASET=plwiki BUDGET=120         # seed 001's GPT vs LSTM (config/plwiki_{gpt,lstm}.py)
+    python compare.py out/compare-pycode           # just the report, from runs already in gpt/ and lstm/
+
+Reads each run's results.json and metrics.jsonl (written by train.py) and writes into the folder:
+report.md (a table of parameters, tokens seen, tokens/s, train/val/test loss, perplexity, bits per
+byte and generation tokens/s; then samples from both at the same temperatures), curves_tokens.png and
+curves_time.png (val and train loss of both against tokens seen and against wall time).
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+import prepare
+from configurator import UserError, cli, load_config
+from model import generate
+from train import CKPT_BEST, load_checkpoint, model_from_checkpoint
+
+RUNS = ("gpt", "lstm")
+
+
+@dataclass
+class CompareConfig:
+    out_dir: str = "out/compare-pycode"
+    start: str = "\n"
+    temperatures: str = "0.5,1.0,1.5"
+    max_new_tokens: int = 300
+    gen_tokens: int = 200  # tokens generated (batch 1) to measure generation speed
+    seed: int = 1337
+
+
+def read_run(run_dir):
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir} has no results.json: train it first (make compare trains both runs)")
+    with open(path) as f:
+        results = json.load(f)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    return results, events
+
+
+@torch.no_grad()
+def generation_speed(model, n_tokens, first_token):
+    """Decode tokens/s at batch 1 through the same cached generate sample.py uses."""
+    idx = torch.tensor([[first_token]])
+    generate(model, idx, 8, temperature=1.0)  # warm-up
+    t0 = time.perf_counter()
+    generate(model, idx, n_tokens, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    return n_tokens / (time.perf_counter() - t0)
+
+
+def plot(runs, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for x_key, x_label, name in (("tokens", "tokens seen", "curves_tokens.png"),
+                                 ("elapsed_s", "wall time (s)", "curves_time.png")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for run, (_, events) in runs.items():
+            train = [(e[x_key], e["loss"]) for e in events if e["event"] == "train"]
+            val = [(e[x_key], e["val_loss"]) for e in events if e["event"] == "eval"]
+            line, = ax.plot(*zip(*val), marker=".", label=f"{run} val") if val else (None,)
+            if train:
+                ax.plot(*zip(*train), alpha=0.4, color=line.get_color() if line else None, label=f"{run} train")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.savefig(os.path.join(out_dir, name), dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+
+def compare(cfg):
+    runs = {run: read_run(os.path.join(cfg.out_dir, run)) for run in RUNS}
+    temps = [float(t) for t in cfg.temperatures.split(",")]
+    samples, speeds = {}, {}
+    for run in RUNS:
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, run, CKPT_BEST))
+        tok = prepare.Tokenizer.from_meta(ckpt["meta"])
+        model = model_from_checkpoint(ckpt).eval()
+        prompt = tok.encode(cfg.start)
+        speeds[run] = generation_speed(model, cfg.gen_tokens, prompt[-1])
+        for t in temps:
+            g = torch.Generator().manual_seed(cfg.seed)
+            out = generate(model, torch.tensor([prompt]), cfg.max_new_tokens, temperature=t, generator=g)
+            samples[run, t] = tok.decode(out[0].tolist())
+    rows = [("model", lambda r, e: r["model"]), ("parameters", lambda r, e: f"{r['params']:,}"),
+            ("tokens seen", lambda r, e: f"{r['tokens_seen']:,}"),
+            ("training tokens/s", lambda r, e: f"{r['tokens_seen'] / max(r['wall_time_s'], 1e-9):,.0f}"),
+            ("train loss", lambda r, e: f"{r['train_loss']:.4f}"), ("val loss", lambda r, e: f"{r['val_loss']:.4f}"),
+            ("test loss", lambda r, e: f"{r['test_loss']:.4f}"),
+            ("test perplexity", lambda r, e: f"{r['test_perplexity']:.2f}"),
+            ("test bits/byte", lambda r, e: f"{r['test_bpb']:.4f}"),
+            ("wall time (s)", lambda r, e: f"{r['wall_time_s']:.0f}")]
+    table = "| | " + " | ".join(RUNS) + " |\n|:---|" + "---:|" * len(RUNS) + "\n"
+    for name, get in rows:
+        table += f"| {name} | " + " | ".join(get(*runs[run]) for run in RUNS) + " |\n"
+    table += "| generation tokens/s (batch 1, CPU) | " + " | ".join(f"{speeds[r]:,.0f}" for r in RUNS) + " |\n"
+    plot(runs, cfg.out_dir)
+    dataset = runs["gpt"][0]["dataset"]
+    text = [f"# GPT vs LSTM on {dataset}\n", table,
+            "\n![loss against tokens](curves_tokens.png)\n![loss against wall time](curves_time.png)\n",
+            f"\n## Samples (prompt {cfg.start!r}, {cfg.max_new_tokens} new tokens, seed {cfg.seed})\n"]
+    for t in temps:
+        for run in RUNS:
+            text.append(f"\n### {run}, temperature {t}\n\n```\n{samples[run, t]}\n```\n")
+    path = os.path.join(cfg.out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("".join(text))
+    print(table)
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv):
+    if argv and not argv[0].startswith("--") and not argv[0].endswith(".py"):
+        argv = [f"--out_dir={argv[0]}", *argv[1:]]
+    compare(load_config(CompareConfig(), argv))
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,33 @@
+"""make compare: a GPT and an LSTM trained on the same tiny corpus, then compare.py's report and plots."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import prepare
+from configurator import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "
+        "--eval_interval=6 --eval_iters=2 --log_interval=3 --final_eval_tokens=300")
+
+
+def test_make_compare_writes_the_report(tmp_path):
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
+    (tmp_path / "code.txt").write_text(text, encoding="utf-8")
+    prepare.prepare(load_config(prepare.PrepareConfig(), [
+        "--dataset=text", f"--input={tmp_path / 'code.txt'}", f"--data_dir={tmp_path / 'data'}", "--name=code"]))
+    out = tmp_path / "cmp"
+    r = subprocess.run(["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
+                        f"COMPARE_DIR={out}", f"ARGS={TINY} --data_dir={tmp_path / 'data'}"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for name in ("report.md", "curves_tokens.png", "curves_time.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    gpt, lstm = (json.loads((out / run / "results.json").read_text()) for run in ("gpt", "lstm"))
+    assert gpt["model"] == "gpt" and lstm["model"] == "lstm"
+    assert gpt["tokens_seen"] == lstm["tokens_seen"] == 12 * 4 * 16  # same data budget per step
+    assert f"| test loss | {gpt['test_loss']:.4f} | {lstm['test_loss']:.4f} |" in report
+    assert "generation tokens/s" in report
+    assert report.count("### gpt, temperature") == 3 and report.count("### lstm, temperature") == 3
