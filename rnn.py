@@ -17,7 +17,6 @@ by this dataclass's field names; `python -m pytest tests/test_rnn.py` tests it.
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
