@@ -599,7 +599,10 @@ def plot_curves(out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    events = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    events = []
+    for line in open(os.path.join(out_dir, "metrics.jsonl")):
+        with contextlib.suppress(ValueError):  # a line torn by a crash or a full disk is skipped
+            events.append(json.loads(line))
     train = [(e["tokens"], e["loss"]) for e in events if e["event"] == "train"]
     val = [(e["tokens"], e["val_loss"]) for e in events if e["event"] == "eval"]
     fig, ax = plt.subplots(figsize=(8, 5))
