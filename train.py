@@ -386,6 +386,7 @@ def train(cfg):
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = prepare.load_meta(data_dir)
     train_data, val_data = (prepare.open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
+    prepare.open_split(data_dir, "test")  # read only at the end, but a missing test.bin should not wait for it
     if len(val_data) <= cfg.block_size:  # (train's length is checked by Batches)
         raise UserError(f"block_size={cfg.block_size} is too long for the val split of {len(val_data)} tokens; "
                         f"lower --block_size")
@@ -416,6 +417,11 @@ def train(cfg):
             has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
             raise UserError(f"resume takes the model from the checkpoint in {cfg.out_dir} ({has}), not {asked}: "
                             f"drop those flags, or train a new model in another --out_dir")
+        with torch.device("meta"):  # the weights must fit the model before anything is written (costs no memory)
+            fits = {k: v.shape for k, v in build_model(ckpt["model_kind"], ckpt["model_args"]).state_dict().items()}
+        if fits != {k: getattr(v, "shape", None) for k, v in ckpt["model"].items()}:
+            raise UserError(f"the weights in {cfg.out_dir}'s checkpoint do not fit its own {ckpt['model_kind']} "
+                            f"architecture: it is damaged or from another version")
         cfg = dataclasses.replace(cfg, **{**shape, "model": ckpt["model_kind"],
                                           "block_size": ckpt["config"]["block_size"]})
     if master:
