@@ -485,7 +485,8 @@ def train(cfg):
         if step >= 0 or not math.isfinite(val_loss):
             where = f"training loss at step {step}" if step >= 0 else f"val loss at step {it}"
             raise UserError(f"the {where} is nan or inf: stopped without saving; the last good checkpoint (step "
-                            f"{saved_at}) is in {cfg.out_dir}. Lower --lr or use --dtype=float32, then --init_from=resume")
+                            f"{saved_at}) is in {cfg.out_dir}. Lower --lr or use --dtype=float32, then "
+                            f"--init_from=resume")
 
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step whose loss was nan/inf, else -1
     saved_at = it

@@ -204,8 +204,10 @@ def test_a_new_run_never_overwrites_an_old_one(run, data, capsys, monkeypatch):
 def test_resume_mismatches(run, data, dataset, tmp_path, capsys, monkeypatch):
     before = snapshot(run)
     # another shape asked for: the checkpoint's shape would silently win, so say so
-    err = cli_error(train.main, flags(data, run, "--init_from=resume", "--n_layer=3", "--n_embd=32"), capsys, monkeypatch)
-    assert "resume takes the model from the checkpoint" in err and "(n_layer=1, n_embd=16), not n_layer=3, n_embd=32" in err
+    argv = flags(data, run, "--init_from=resume", "--n_layer=3", "--n_embd=32")
+    err = cli_error(train.main, argv, capsys, monkeypatch)
+    assert "resume takes the model from the checkpoint" in err
+    assert "(n_layer=1, n_embd=16), not n_layer=3, n_embd=32" in err
     err = cli_error(train.main, flags(data, run, "--init_from=resume", "--model=lstm"), capsys, monkeypatch)
     assert "(model=gpt), not model=lstm" in err
     # another vocabulary: the same run pointed at a different dataset
