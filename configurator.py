@@ -36,6 +36,9 @@ def cli(main):
 
 def _suggest(key, known):
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    words = key.lower().split("_")
+    close += [k for k in known if k == "".join(w[:1] for w in words)]  # learning_rate -> lr
+    close += [k for k in known if "_" in k and all(any(w.startswith(p) for w in words) for p in k.split("_"))]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

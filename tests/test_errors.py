@@ -84,7 +84,9 @@ def test_real_command_lines(run, data):
 # ----------------------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("argv, message", [
-    (["--lerning_rate=0.1"], "unknown config key 'lerning_rate'"),
+    (["--lerning_rate=0.1"], "unknown config key 'lerning_rate' (did you mean 'lr'?)"),
+    (["--learning_rate=0.1"], "(did you mean 'lr'?)"),  # nanoGPT's names
+    (["--gradient_accumulation_steps=4"], "(did you mean 'grad_accum'?)"),
     (["--lr=fast"], "flag --lr=fast: lr must be float, got 'fast'"),
     (["--max_iters=1.5"], "max_iters must be int"),
     (["--compile=yes"], "compile must be bool"),
