@@ -30,12 +30,15 @@ def cli(main):
     try:
         return main(sys.argv[1:])
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # always one line
         sys.exit(2)
 
 
 def _suggest(key, known):
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    words = key.lower().split("_")
+    close += [k for k in known if k == "".join(w[:1] for w in words)]  # learning_rate -> lr
+    close += [k for k in known if "_" in k and all(any(w.startswith(p) for w in words) for p in k.split("_"))]
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -76,7 +79,7 @@ def parse_literal(raw):
     """'3' -> 3, 'False' -> False, '1e-3' -> 0.001, 'hello' -> 'hello' (a bare word stays a string)."""
     try:
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[]: 1}
         return raw
 
 
@@ -84,8 +87,11 @@ def read_override_file(path):
     """The public names a Python override file defines, as a dict."""
     if not os.path.isfile(path):
         raise UserError(f"config file {path} does not exist (see config/ for the ones we ship)")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
     namespace = {}
     try:
         exec(compile(source, path, "exec"), namespace)
@@ -112,7 +118,10 @@ def load_config(defaults, argv):
             key, eq, raw = arg[2:].partition("=")
             if not eq:
                 raise UserError(f"flag {arg} has no value: write --{key}=VALUE")
-            apply(key.replace("-", "_"), parse_literal(raw), f"flag {arg}")
+            key, value = key.replace("-", "_"), parse_literal(raw)
+            if types_.get(key) is str and not isinstance(value, str):
+                value = raw  # a str field takes the text as it is: --wandb_run_name=2024, --dataset=None
+            apply(key, value, f"flag {arg}")
         elif arg.endswith(".py"):
             for key, value in read_override_file(arg).items():
                 apply(key, value, f"config file {arg}")

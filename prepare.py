@@ -46,6 +46,7 @@ GPT2_CHUNK_CHARS = 1 << 16   # BPE works on pieces this long (cut at safe line b
 BATCH_CHARS = 1 << 20        # documents are tokenized in batches of about this many characters
 CHAR_BLOCK = 1 << 23         # char tokenizer: code points handled per numpy step (bounds temporary memory)
 NUM_THREADS = os.cpu_count() or 1
+CHECK_CHUNK = 1 << 24        # open_split(check_ids=True) reads this many tokens at a time
 
 # Every file prepare.py downloads: dataset key -> (base URL, {file name: sha256 or None}). --url=BASE replaces
 # the base. Without a sha256 a download is checked against its Content-Length. WikiText-2 v1 comes from
@@ -299,8 +300,10 @@ def load_meta(data_dir):
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}): prepare the dataset again") from None
-    if meta.get("format") != 1:
-        raise UserError(f"{path} has format {meta.get('format')!r}, this code reads format 1: prepare it again")
+    if not isinstance(meta, dict) or meta.get("format") != 1:
+        raise UserError(f"{path} is not format 1 meta.json (this code reads format 1): prepare it again")
+    if not {"tokenizer", "vocab_size", "splits"} <= set(meta) or not set(SPLITS) <= set(meta["splits"]):
+        raise UserError(f"{path} lacks tokenizer, vocab_size or a split's counts: prepare the dataset again")
     return meta
 
 
@@ -310,7 +313,7 @@ def open_split(data_dir, split, check_ids=False):
         raise UserError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     meta = load_meta(data_dir)
     path = Path(data_dir) / f"{split}.bin"
-    again = f"run `{meta['source'].get('command', 'python prepare.py ' + meta['dataset'])}` again"
+    again = f"run `{meta.get('source', {}).get('command', 'python prepare.py ' + Path(data_dir).name)}` again"
     if not path.is_file():
         raise UserError(f"{path} is missing: {again}")
     size = path.stat().st_size
@@ -322,8 +325,9 @@ def open_split(data_dir, split, check_ids=False):
     if expected == 0:
         return np.zeros(0, dtype=np.uint16)
     ids = np.memmap(path, dtype=np.uint16, mode="r")
-    if check_ids and int(ids.max()) >= meta["vocab_size"]:
-        raise UserError(f"{path} holds token id {int(ids.max())} >= vocab_size {meta['vocab_size']}: {again}")
+    top = max(int(ids[i:i + CHECK_CHUNK].max()) for i in range(0, len(ids), CHECK_CHUNK)) if check_ids else 0
+    if top >= meta["vocab_size"]:  # a bigger id would crash the embedding (or assert on a GPU) mid-run
+        raise UserError(f"{path} holds token id {top} >= vocab_size {meta['vocab_size']}: {again}")
     return ids
 
 

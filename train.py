@@ -103,8 +103,14 @@ def resolve_device(name):
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name not in ("cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{name}'")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu (or auto)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available here; use --device=cpu (or auto)")
     return name
 
 
@@ -256,14 +262,20 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as e:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
                         f"use the other checkpoint in its folder or retrain") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+    needed = {"config", "model_kind", "model_args", "model", "meta"}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or not needed <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint of this project (format {CKPT_FORMAT})")
     return ckpt
 
 
 def model_from_checkpoint(ckpt):
-    model = build_model(ckpt["model_kind"], ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(ckpt["model_kind"], ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:  # weights that do not fit the stated architecture
+        raise UserError(f"the checkpoint's weights do not fit its {ckpt['model_kind']} architecture "
+                        f"({type(e).__name__}): it is damaged or from another version; use the other checkpoint "
+                        f"or retrain") from None
     return model
 
 
@@ -288,8 +300,12 @@ class Run:
     def log(self, event, **values):
         if not self.master:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({"event": event, **values}) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({"event": event, **values}) + "\n")
+        except OSError as e:  # e.g. the disk filled up: stop with the checkpoints as they are
+            raise UserError(f"cannot write {self.metrics_path}: {e.strerror or e}; the checkpoints in "
+                            f"{self.cfg.out_dir} are untouched (resume with --init_from=resume)") from None
         if self.wandb is not None:
             self.wandb.log({f"{event}/{k}": v for k, v in values.items() if k != "step"}, step=values.get("step"))
 
@@ -333,10 +349,17 @@ class StopFlag:
 
 def setup_distributed(cfg):
     """(rank, world_size, device) from torchrun's environment; (0, 1, device) without it."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError:
+        raise UserError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); unset them "
+                        "to train on one device") from None
     if world == 1:
         return 0, 1, resolve_device(cfg.device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    rank, local_rank = int(os.environ.get("RANK", -1)), int(os.environ.get("LOCAL_RANK", 0))
+    if not 0 <= rank < world:
+        raise UserError(f"WORLD_SIZE={world} needs RANK in 0..{world - 1}: launch with torchrun, not by hand")
     device = resolve_device(cfg.device)
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
@@ -362,18 +385,43 @@ def train(cfg):
     dtype = resolve_dtype(cfg.dtype, device)
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = prepare.load_meta(data_dir)
-    train_data, val_data = prepare.open_split(data_dir, "train"), prepare.open_split(data_dir, "val")
+    train_data, val_data = (prepare.open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
+    prepare.open_split(data_dir, "test")  # read only at the end, but a missing test.bin should not wait for it
+    if len(val_data) <= cfg.block_size:  # (train's length is checked by Batches)
+        raise UserError(f"block_size={cfg.block_size} is too long for the val split of {len(val_data)} tokens; "
+                        f"lower --block_size")
+    if cfg.init_from == "scratch":  # a forgotten --init_from=resume must not overwrite hours of training
+        for name in (CKPT_LAST, CKPT_BEST):
+            if os.path.exists(os.path.join(cfg.out_dir, name)):
+                raise UserError(f"{cfg.out_dir} already holds a run ({name}): continue it with --init_from=resume, "
+                                f"or start a new one in another --out_dir (or delete that folder)")
 
     ckpt = None
     if cfg.init_from == "resume":
         path = os.path.join(cfg.out_dir, CKPT_LAST)
-        ckpt = load_checkpoint(path if os.path.exists(path) else os.path.join(cfg.out_dir, CKPT_BEST))
+        try:
+            ckpt = load_checkpoint(path if os.path.exists(path) else os.path.join(cfg.out_dir, CKPT_BEST))
+        except UserError as e:
+            if os.path.exists(path) and os.path.exists(os.path.join(cfg.out_dir, CKPT_BEST)):
+                raise UserError(f"{e}. To resume from the best checkpoint instead, move {path} aside") from None
+            raise
         if ckpt["meta"]["vocab_size"] != meta["vocab_size"] or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
             raise UserError(f"checkpoint in {cfg.out_dir} was trained on a {ckpt['meta']['tokenizer']} vocabulary "
                             f"of {ckpt['meta']['vocab_size']}, but {data_dir} has {meta['tokenizer']} "
                             f"with {meta['vocab_size']}")
         # the model's shape is the checkpoint's, whatever the flags say
         shape = {k: v for k, v in ckpt["model_args"].items() if k != "vocab_size"}
+        stored = {**shape, "model": ckpt["model_kind"], "block_size": ckpt["config"]["block_size"]}
+        clash = [k for k, v in stored.items() if getattr(cfg, k) not in (v, getattr(TrainConfig, k))]
+        if clash:  # a shape the user asked for (not a default) that the checkpoint does not have
+            has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
+            raise UserError(f"resume takes the model from the checkpoint in {cfg.out_dir} ({has}), not {asked}: "
+                            f"drop those flags, or train a new model in another --out_dir")
+        with torch.device("meta"):  # the weights must fit the model before anything is written (costs no memory)
+            fits = {k: v.shape for k, v in build_model(ckpt["model_kind"], ckpt["model_args"]).state_dict().items()}
+        if fits != {k: getattr(v, "shape", None) for k, v in ckpt["model"].items()}:
+            raise UserError(f"the weights in {cfg.out_dir}'s checkpoint do not fit its own {ckpt['model_kind']} "
+                            f"architecture: it is damaged or from another version")
         cfg = dataclasses.replace(cfg, **{**shape, "model": ckpt["model_kind"],
                                           "block_size": ckpt["config"]["block_size"]})
     if master:
@@ -397,9 +445,13 @@ def train(cfg):
     batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed + rank)
     it, tokens_seen, elapsed_before, best_val = 0, 0, 0.0, float("inf")
     if ckpt:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"the checkpoint in {cfg.out_dir} does not fit its own model or optimizer "
+                            f"({type(e).__name__}): it is damaged or from another version") from None
         it, tokens_seen, elapsed_before, best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
         batches.gen.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -427,6 +479,18 @@ def train(cfg):
                      "torch_rng": torch.get_rng_state(), "meta": {k: v for k, v in meta.items() if k != "splits"}},
                     os.path.join(cfg.out_dir, path))
 
+    def stop_if_diverged(val_loss=0.0):
+        """A non-finite loss since the last check ends the run before anything is saved from it."""
+        step = int(bad_step)  # a GPU sync, but only where we read a loss anyway (log and eval)
+        if step >= 0 or not math.isfinite(val_loss):
+            where = f"training loss at step {step}" if step >= 0 else f"val loss at step {it}"
+            raise UserError(f"the {where} is nan or inf: stopped without saving; the last good checkpoint (step "
+                            f"{saved_at}) is in {cfg.out_dir}. Lower --lr or use --dtype=float32, then "
+                            f"--init_from=resume")
+
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step whose loss was nan/inf, else -1
+    saved_at = it
+    skipped, scale = 0, scaler.get_scale()  # fp16: steps the GradScaler skipped (overflowing gradients)
     stop = StopFlag()
     t_start = time.time()
     t_last, it_last = t_start, it
@@ -442,7 +506,9 @@ def train(cfg):
                    f"ppl {val['ppl']:.2f} | {val['bpb']:.3f} bits/byte")
             run.log("eval", step=it, tokens=tokens_seen, train_loss=losses["train"], val_loss=losses["val"],
                     val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
+            stop_if_diverged(losses["val"])  # never overwrite last.pt with a diverged model
             batch_rng = gather_states(batches.gen.get_state(), world, device)  # a collective: every rank joins
+            saved_at = it
             if master:
                 if losses["val"] < best_val:
                     best_val = losses["val"]
@@ -467,34 +533,40 @@ def train(cfg):
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
+            skipped, scale = skipped + (scaler.get_scale() < scale), scaler.get_scale()
         optimizer.zero_grad(set_to_none=True)
         if world > 1:
             torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
         it += 1
         tokens_seen += tokens_per_step
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), it, bad_step)  # no sync
 
         if it % cfg.log_interval == 0:
             train_loss = loss_sum.item() / cfg.grad_accum
-            if not math.isfinite(train_loss):
-                raise UserError(f"loss became {train_loss} at step {it}; the last good checkpoint is in "
-                                f"{cfg.out_dir}. Lower --lr or use --dtype=float32, then --init_from=resume")
+            stop_if_diverged()
             now = time.time()
             dt = (now - t_last) / (it - it_last)
             tok_s = tokens_per_step / dt
             t_last, it_last = now, it
             elapsed = elapsed_before + now - t_start
             left = f" | left {fmt_time(cfg.time_budget * 60 - elapsed)}" if cfg.time_budget > 0 else ""
+            left += f" | {skipped} fp16 steps skipped" if skipped else ""
             print0(f"step {it} | loss {train_loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | {dt * 1000:.1f} ms/step"
                    f" | elapsed {fmt_time(elapsed)}{left}")
             run.log("train", step=it, tokens=tokens_seen, loss=train_loss, lr=lr, tokens_per_s=round(tok_s),
-                    ms_per_step=round(dt * 1000, 2), elapsed_s=round(elapsed, 2))
+                    ms_per_step=round(dt * 1000, 2), elapsed_s=round(elapsed, 2), skipped_steps=skipped)
     stop.restore()
     wall = elapsed_before + time.time() - t_start
     if world > 1:
         torch.distributed.destroy_process_group()
     if not master:
         return None
-    results = final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params)
+    try:
+        results = final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params)
+    except OSError as e:  # e.g. disk full: the checkpoints are saved, only the report is missing
+        raise UserError(f"could not write the results in {cfg.out_dir}: {e.strerror or e}; the checkpoints are "
+                        f"saved, so free some space and run again with --init_from=resume to evaluate") from None
     run.log("final", step=it, tokens=tokens_seen, **{k: v for k, v in results.items() if isinstance(v, float)})
     run.finish()
     return results
@@ -534,7 +606,10 @@ def plot_curves(out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    events = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    events = []
+    for line in open(os.path.join(out_dir, "metrics.jsonl")):
+        with contextlib.suppress(ValueError):  # a line torn by a crash or a full disk is skipped
+            events.append(json.loads(line))
     train = [(e["tokens"], e["loss"]) for e in events if e["event"] == "train"]
     val = [(e["tokens"], e["val_loss"]) for e in events if e["event"] == "eval"]
     fig, ax = plt.subplots(figsize=(8, 5))

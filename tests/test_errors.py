@@ -1,0 +1,292 @@
+"""Every bad input is one line on stderr (`error: ...`), exit code 2, no traceback, and no file is touched:
+config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a run that would be
+overwritten, an unwritable out_dir, bad prompts. A few go through real `python train.py/sample.py` processes,
+the rest through configurator.cli in process (the same wrapper, without the cost of importing torch again).
+
+    python -m pytest -q tests/test_errors.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import configurator
+import prepare
+import sample
+import train
+from configurator import UserError, load_config
+from test_crash import ENV, REPO, data, flags, one_thread, run_train, signal_handlers, snapshot  # noqa: F401
+
+
+def check_one_line(code, err):
+    assert code == 2, err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def cli_error(main, argv, capsys, monkeypatch):
+    """Run main through configurator.cli as the entry points do; returns the error line."""
+    monkeypatch.setattr(sys, "argv", ["prog", *map(str, argv)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        configurator.cli(main)
+    err = capsys.readouterr().err
+    check_one_line(e.value.code, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory):
+    """A finished tiny run (10 steps, checkpoints at 0, 5 and 10) to copy and break."""
+    out = tmp_path_factory.mktemp("errors") / "run"
+    run_train(data, out, "--max_iters=10", "--eval_interval=5", "--log_interval=5")
+    return out
+
+
+@pytest.fixture
+def run(run_dir, tmp_path):
+    """A private copy of run_dir."""
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+@pytest.fixture
+def dataset(data, tmp_path):
+    """A private copy of the prepared dataset: (data_dir, data_dir/code)."""
+    shutil.copytree(data / "code", tmp_path / "data" / "code")
+    return tmp_path / "data", tmp_path / "data" / "code"
+
+
+# ----------------------------------------------------------------------------- real processes
+
+def test_real_command_lines(run, data):
+    def cli(script, *args):
+        r = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                           env={**ENV, "PYTHONIOENCODING": "utf-8"}, timeout=120)
+        check_one_line(r.returncode, r.stderr)
+        return r.stderr
+
+    assert "unknown config key 'n_layers' (did you mean 'n_layer'?)" in cli("train.py", "--n_layers=2")
+    with open(run / "last.pt", "r+b") as f:
+        f.truncate(1000)  # a disk error, or a copy cut short
+    before = snapshot(run)
+    err = cli("train.py", *flags(data, run, "--init_from=resume"))
+    assert "last.pt is corrupt or truncated" in err and f"move {run / 'last.pt'} aside" in err
+    err = cli("sample.py", f"--out_dir={run}", "--start=\u2603 snow")
+    assert "character '\u2603' (U+2603) is not in this dataset's vocabulary" in err
+    assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lerning_rate=0.1"], "unknown config key 'lerning_rate' (did you mean 'lr'?)"),
+    (["--learning_rate=0.1"], "(did you mean 'lr'?)"),  # nanoGPT's names
+    (["--gradient_accumulation_steps=4"], "(did you mean 'grad_accum'?)"),
+    (["--lr=fast"], "flag --lr=fast: lr must be float, got 'fast'"),
+    (["--max_iters=1.5"], "max_iters must be int"),
+    (["--compile=yes"], "compile must be bool"),
+    (["--lr={[]: 1}"], "lr must be float"),
+    (["--batch_size"], "flag --batch_size has no value"),
+    (["--batch_size=0"], "batch_size, grad_accum, block_size and eval_iters must be positive"),
+    (["--grad_accum=-2"], "must be positive"),
+    (["--n_embd=30", "--n_head=4"], "n_embd=30 must be a multiple of n_head=4"),
+    (["--device=tpu"], "device must be auto, cpu, cuda, cuda:N or mps, not 'tpu'"),
+    (["--dtype=fp8"], "dtype must be auto, float32, bfloat16 or float16"),
+    (["nonsense"], "unexpected argument 'nonsense'"),
+    (["missing.py"], "config file missing.py does not exist"),
+    (["SYNTAX"], "line 2: syntax error"),
+    (["LATIN1"], "cannot read config file"),
+    (["TYPO"], "unknown config key 'n_layers' (did you mean 'n_layer'?)"),
+    (["RAISES"], "failed: ZeroDivisionError: division by zero"),
+])
+def test_config_mistakes(argv, message, tmp_path, capsys, monkeypatch):
+    files = {"SYNTAX": b"n_layer = 2\nlr = = 3\n", "LATIN1": "lr = 0.1  # caf\xe9\n".encode("latin-1"),
+             "TYPO": b"n_layers = 2\n", "RAISES": b"lr = 1 / 0\n"}
+    for name, body in files.items():
+        (tmp_path / f"{name}.py").write_bytes(body)
+    argv = [str(tmp_path / f"{a}.py") if a in files else a for a in argv]
+    assert message in cli_error(train.main, argv, capsys, monkeypatch)
+
+
+def test_device_without_a_gpu(capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert "no CUDA GPU is visible" in cli_error(train.main, ["--device=cuda:0"], capsys, monkeypatch)
+    assert "dtype=float16 needs a CUDA GPU" in cli_error(train.main, ["--device=cpu", "--dtype=float16"],
+                                                         capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE, RANK and LOCAL_RANK must be integers"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 needs RANK in 0..1: launch with torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "needs RANK in 0..1"),
+])
+def test_bad_distributed_environment(env, message, capsys, monkeypatch):
+    for key in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert message in cli_error(train.main, ["--device=cpu"], capsys, monkeypatch)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def write_ids(path, ids):
+    np.asarray(ids, dtype="<u2").tofile(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing meta", "dataset not prepared: run `python prepare.py text --input=FILE --name=code`"),
+    ("bad json", "meta.json is not valid JSON"),
+    ("no splits", "meta.json lacks tokenizer, vocab_size or a split's counts: prepare the dataset again"),
+    ("odd size", "train.bin has an odd size"),
+    ("short", "val.bin holds 10 tokens but meta.json says"),
+    ("missing bin", "test.bin is missing: run `python prepare.py text"),
+    ("big id in train", "train.bin holds token id 60000 >= vocab_size 94"),
+    ("big id in val", "val.bin holds token id 94 >= vocab_size 94"),
+])
+def test_damaged_datasets(damage, message, dataset, tmp_path, capsys, monkeypatch):
+    data_dir, folder = dataset
+    meta = json.loads((folder / "meta.json").read_text())
+    train_ids = np.fromfile(folder / "train.bin", dtype="<u2")
+    if damage == "missing meta":
+        (folder / "meta.json").unlink()
+    elif damage == "bad json":
+        (folder / "meta.json").write_text('{"format": 1, ')
+    elif damage == "no splits":
+        (folder / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "splits"}))
+    elif damage == "odd size":
+        (folder / "train.bin").write_bytes((folder / "train.bin").read_bytes() + b"\0")
+    elif damage == "short":
+        write_ids(folder / "val.bin", range(10))
+    elif damage == "missing bin":
+        (folder / "test.bin").unlink()
+    elif damage == "big id in train":  # near the end: the whole split is checked, not a sample
+        train_ids[-3] = 60000
+        write_ids(folder / "train.bin", train_ids)
+    elif damage == "big id in val":
+        val_ids = np.fromfile(folder / "val.bin", dtype="<u2")
+        val_ids[0] = 94
+        write_ids(folder / "val.bin", val_ids)
+    before = snapshot(folder)
+    out = tmp_path / "out"
+    assert message in cli_error(train.main, flags(data_dir, out, "--max_iters=5"), capsys, monkeypatch)
+    assert not out.exists()  # found before anything started
+    assert snapshot(folder) == before
+
+
+def test_block_size_longer_than_a_split(dataset, tmp_path, capsys, monkeypatch):
+    data_dir, folder = dataset
+    meta = json.loads((folder / "meta.json").read_text())
+    n_val = meta["splits"]["val"]["tokens"]
+    err = cli_error(train.main, flags(data_dir, tmp_path / "a", f"--block_size={n_val}"), capsys, monkeypatch)
+    assert f"block_size={n_val} is too long for the val split of {n_val} tokens; lower --block_size" in err
+    # a val split long enough but a train split too short for the window
+    write_ids(folder / "train.bin", range(20))
+    meta["splits"]["train"]["tokens"] = 20
+    (folder / "meta.json").write_text(json.dumps(meta))
+    err = cli_error(train.main, flags(data_dir, tmp_path / "c", "--block_size=32"), capsys, monkeypatch)
+    assert "block_size=32 is too long for a split of 20 tokens" in err
+
+
+# ----------------------------------------------------------------------------- runs and checkpoints
+
+def test_a_new_run_never_overwrites_an_old_one(run, data, capsys, monkeypatch):
+    before = snapshot(run)
+    err = cli_error(train.main, flags(data, run, "--max_iters=5"), capsys, monkeypatch)
+    assert f"{run} already holds a run (last.pt): continue it with --init_from=resume" in err
+    assert snapshot(run) == before
+
+
+def test_resume_mismatches(run, data, dataset, tmp_path, capsys, monkeypatch):
+    before = snapshot(run)
+    # another shape asked for: the checkpoint's shape would silently win, so say so
+    argv = flags(data, run, "--init_from=resume", "--n_layer=3", "--n_embd=32")
+    err = cli_error(train.main, argv, capsys, monkeypatch)
+    assert "resume takes the model from the checkpoint" in err
+    assert "(n_layer=1, n_embd=16), not n_layer=3, n_embd=32" in err
+    err = cli_error(train.main, flags(data, run, "--init_from=resume", "--model=lstm"), capsys, monkeypatch)
+    assert "(model=gpt), not model=lstm" in err
+    # another vocabulary: the same run pointed at a different dataset
+    (tmp_path / "abc.txt").write_text("abc\n" * 2000)
+    data_dir = dataset[0]
+    prepare.prepare(load_config(prepare.PrepareConfig(), ["--dataset=text", f"--input={tmp_path / 'abc.txt'}",
+                                                          f"--data_dir={data_dir}", "--name=abc"]))
+    err = cli_error(train.main, flags(data_dir, run, "--init_from=resume", "--dataset=abc"), capsys, monkeypatch)
+    assert "was trained on a char vocabulary of 94" in err and "has char with 4" in err
+    assert snapshot(run) == before
+    # no checkpoint at all
+    err = cli_error(train.main, flags(data, tmp_path / "empty", "--init_from=resume"), capsys, monkeypatch)
+    assert "no checkpoint at" in err and "train one first" in err
+
+
+def test_damaged_checkpoints(run, data, capsys, monkeypatch):
+    ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+    # weights that do not fit the architecture the checkpoint states
+    torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_embd": 32}}, run / "last.pt")
+    torch.save([1, 2, 3], run / "other.pt")
+    (run / "empty.pt").write_bytes(b"")
+    before = snapshot(run)
+    argv = [f"--data_dir={data}", "--dataset=code", f"--out_dir={run}", "--init_from=resume"]  # shape: the file's
+    assert "checkpoint do not fit its own gpt architecture" in cli_error(train.main, argv, capsys, monkeypatch)
+    err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=last.pt"], capsys, monkeypatch)
+    assert "the checkpoint's weights do not fit its gpt architecture" in err
+    err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=other.pt"], capsys, monkeypatch)
+    assert "other.pt is not a checkpoint of this project" in err
+    err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=empty.pt"], capsys, monkeypatch)
+    assert "empty.pt is corrupt or truncated" in err
+    err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=nothing.pt"], capsys, monkeypatch)
+    assert "no checkpoint at" in err
+    assert snapshot(run) == before
+
+
+def test_out_dir_not_writable(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    err = cli_error(train.main, flags(data, blocker / "run"), capsys, monkeypatch)
+    assert f"cannot write to out_dir {blocker / 'run'}" in err and "pick another --out_dir" in err
+    assert blocker.read_text() == "keep me"
+    log = train.Run(train.TrainConfig(out_dir=str(tmp_path / "gone")), master=True)
+    with pytest.raises(UserError, match="cannot write .*metrics.jsonl.*the checkpoints in .* are untouched"):
+        log.log("train", step=1)
+
+
+def test_disk_full_writing_the_results_keeps_the_run_and_resume_finishes_it(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+
+    def full_disk(out_dir):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(train, "plot_curves", full_disk)
+    err = cli_error(train.main, flags(data, out, "--max_iters=6", "--eval_interval=3"), capsys, monkeypatch)
+    assert "could not write the results" in err and "No space left on device" in err
+    assert "--init_from=resume to evaluate" in err
+    assert train.load_checkpoint(out / "last.pt")["iter"] == 6
+    monkeypatch.undo()
+    assert run_train(data, out, "--max_iters=6", "--eval_interval=3", "--init_from=resume")["iters"] == 6
+    assert (out / "results.json").is_file() and (out / "learning_curves.png").is_file()
+
+
+def test_sample_mistakes(run, tmp_path, capsys, monkeypatch):
+    before = snapshot(run)
+    for argv, message in [
+        (["--start=\u00e9t\u00e9"], "character '\u00e9' (U+00E9) is not in this dataset's vocabulary of 94"),
+        ([f"--start=FILE:{tmp_path / 'nope.txt'}"], "cannot read the prompt file"),
+        (["--start="], "the prompt is empty"),
+        (["--top_p=0"], "top_p must be in (0, 1]"),
+        (["--temperature=-1"], "temperature must be >= 0"),
+        (["--num_samples=0"], "num_samples >= 1"),
+        (["--device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps, not 'gpu'"),
+    ]:
+        assert message in cli_error(sample.main, [f"--out_dir={run}", *argv], capsys, monkeypatch), argv
+    assert snapshot(run) == before
+
+
+def test_str_fields_take_numbers_and_words_as_text():
+    cfg = load_config(train.TrainConfig(), ["--wandb_run_name=2024", "--dataset=None", "--out_dir=1e3"])
+    assert (cfg.wandb_run_name, cfg.dataset, cfg.out_dir) == ("2024", "None", "1e3")
+    assert os.path.basename(load_config(train.TrainConfig(), ["--out_dir='out/x'"]).out_dir) == "x"
