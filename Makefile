@@ -32,6 +32,7 @@ endif
 .PHONY: all deps deps-external data train sample test bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
+	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
 	$(PYTHON) train.py config/quickstart.py
 	$(PYTHON) sample.py --out_dir=out/quickstart --num_samples=2 --max_new_tokens=400
 

@@ -1,13 +1,19 @@
 """Shared pytest fixtures: the ../shared folder (offline data) and an offline tiktoken cache for gpt2."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))  # the stages (prepare.py, model.py, ...) are top-level modules
+
+# Tiny test models run faster on one thread than on two contending ones; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
