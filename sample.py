@@ -24,7 +24,7 @@ import torch
 
 import prepare
 from configurator import UserError, cli, load_config
-from model import GPT, GPTConfig, pick, stream
+from model import GPT, GPTConfig, KVCache, pick, stream
 from train import CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
@@ -272,7 +272,7 @@ BENCH_SHAPES = {  # random weights: speed does not depend on them
     "quickstart": dict(vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128),
     "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
 }
-CPU_TAIL_STEPS = {True: 16, False: 2}  # on a CPU the 124M shape is timed over its last steps only (cached, uncached)
+CPU_TAIL_STEPS = {True: 8, False: 1}  # on a CPU the 124M shape is timed over its last steps only (cached, uncached)
 
 
 def _sync(device):
@@ -295,16 +295,16 @@ def _time_full(model, B, N, cached, device, seed):
 
 
 @torch.no_grad()
-def _time_tail(model, B, N, m, cached, device, prefix):
+def _time_tail(model, B, m, cached, device, prefix, prefilled):
     """Seconds for the last m decode steps of an N-token generation (positions N - m .. N - 1), with the
-    same model calls stream() makes; the context before them is `prefix` (1, N - m), prefilled once at
-    batch 1 and repeated for the batch. Needs N <= block_size (no sliding)."""
+    same model calls stream() makes; the context before them is `prefix` (1, N - m), whose KV cache
+    `prefilled` (batch 1) is repeated for the batch. Needs N <= block_size (no sliding)."""
     idx = prefix.expand(B, -1)
     if cached:
-        _, cache = model.step(prefix)
-        cache.k = [k.repeat(B, 1, 1, 1) for k in cache.k]
-        cache.v = [v.repeat(B, 1, 1, 1) for v in cache.v]
-        logits = None
+        cache = KVCache(len(prefilled.k), prefilled.capacity)
+        cache.pos = prefilled.pos
+        cache.k = [k.repeat(B, 1, 1, 1) for k in prefilled.k]
+        cache.v = [v.repeat(B, 1, 1, 1) for v in prefilled.v]
     _sync(device)
     t = time.perf_counter()
     nxt = idx[:, -1:]
@@ -319,11 +319,12 @@ def _time_tail(model, B, N, m, cached, device, prefix):
     return time.perf_counter() - t, m
 
 
+@torch.no_grad()
 def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), lengths=(256, 1024)):
     """Decode tokens/s, cached vs uncached, for each shape x batch x new tokens; prints a table and
     returns one dict per row. On a GPU every row times all N - 1 decode steps of an N-token generation
     (bfloat16 autocast). On a CPU the quickstart shape does too, but the 124M shape is timed over the
-    last 16 (cached) / 2 (uncached) steps before position N, and uncached batch 8 is skipped (one step is
+    last 8 (cached) / 1 (uncached) steps before position N, and uncached batch 8 is skipped (one step is
     a forward over 8 x N tokens: minutes). "timed" says which steps each row measured; tail rows are
     the slowest steps of their generation, so they understate the whole generation's rate."""
     device = resolve_device(device or "auto")
@@ -339,7 +340,9 @@ def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), l
         with autocast(device, dtype):
             _time_full(model, 1, 8, True, device, 0)  # warm up kernels and allocator
             for N in lengths:
-                prefix = torch.randint(model.cfg.vocab_size, (1, N - CPU_TAIL_STEPS[True]), device=device)
+                if tail:  # one prefill (batch 1) for every batch size and mode
+                    prefix = torch.randint(model.cfg.vocab_size, (1, N - CPU_TAIL_STEPS[True]), device=device)
+                    _, prefilled = model.step(prefix)
                 for B in batches:
                     rate = {}
                     for cached in (True, False):
@@ -347,11 +350,13 @@ def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), l
                         if tail and not cached and B > 1:
                             row = dict(shape=name, batch=B, new_tokens=N, mode=mode, timed="skipped on CPU")
                             rows.append(row)
-                            print(f"| {name} | {B} | {N} | {mode} | skipped on CPU (minutes per step) | - | - | - |")
+                            print(f"| {name} | {B} | {N} | {mode} | skipped on CPU (a forward over 8 x N tokens per step) | - | - | - |")
                             continue
                         if tail:
                             m = CPU_TAIL_STEPS[cached]
-                            seconds, steps = _time_tail(model, B, N, m, cached, device, prefix[:, :N - m])
+                            m0 = CPU_TAIL_STEPS[True]  # the uncached tail starts m0 - m tokens later
+                            seconds, steps = _time_tail(model, B, m, cached, device,
+                                                        torch.cat([prefix, prefix[:, :m0 - m]], 1), prefilled)
                             timed = f"last {m} (pos {N - m}..{N - 1})"
                         else:
                             seconds, steps = _time_full(model, B, N, cached, device, 0)
