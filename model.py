@@ -4,10 +4,15 @@ A GPT-2-style decoder-only transformer, and the one `generate` that serves every
     model = GPT(GPTConfig(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128))
     logits, loss = model(idx, targets)        # (B, T, V) logits, mean cross-entropy
     logits, cache = model.step(idx, cache)    # incremental: only the new tokens, KV cache carried
+    out = generate(model, idx, 100, temperature=0.8, top_p=0.9)     # (B, T + 100)
+    for nxt in stream(model, idx, 100): ...   # the same loop, one (B, 1) token at a time
 
-Token + learned position embeddings, pre-LayerNorm blocks (causal self-attention through
-scaled_dot_product_attention, then a GELU MLP), dropout, final LayerNorm, output weights tied to the
-token embedding, N(0, 0.02) init with the residual projections scaled by 1/sqrt(2 * n_layer).
+Token embeddings plus positions (pos_emb: learned GPT-2 embeddings, fixed sinusoids, or rotary
+embeddings applied to queries and keys), pre-LayerNorm blocks (causal self-attention through
+scaled_dot_product_attention, with n_kv_head < n_head for grouped-query / multi-query attention,
+then a GELU MLP), dropout, final LayerNorm, output weights tied to the token embedding, N(0, 0.02)
+init with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults (learned positions,
+n_kv_head = n_head) are GPT-2 and load checkpoints saved before the other options existed.
 rnn.py's models have the same interface, so train.py, sample.py and the tests never branch on it.
 """
 import math
@@ -17,7 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from configurator import UserError
+
 INIT_STD = 0.02  # GPT-2's weight init
+ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
+SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
+POS_EMBS = ("learned", "sinusoidal", "rope")
 
 
 @dataclass
@@ -29,50 +39,100 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True
+    pos_emb: str = "learned"  # learned | sinusoidal | rope
+    n_kv_head: int = 0  # key/value heads: 0 = n_head (standard), 1 = multi-query, else grouped-query
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+            raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.pos_emb not in POS_EMBS:
+            raise UserError(f"pos_emb must be one of {', '.join(POS_EMBS)}, not '{self.pos_emb}'")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise UserError(f"pos_emb=rope needs an even head size, but n_embd/n_head = {self.n_embd // self.n_head}")
+        if not 0 <= self.n_kv_head <= self.n_head or self.n_head % max(self.n_kv_head, 1):
+            raise UserError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head)")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far; `pos` is how many there are."""
+    """Keys and values of every layer for the tokens seen so far; `pos` is how many there are.
 
-    def __init__(self, n_layer):
+    Each layer's keys and values live in one tensor (B, n_kv_head, capacity, head_size) allocated at
+    the first write (capacity = block_size: a GPT never sees more), so a step writes its new entries
+    in place instead of copying the whole cache (torch.cat). With RoPE the keys are stored rotated."""
+
+    def __init__(self, n_layer, capacity):
         self.k = [None] * n_layer
         self.v = [None] * n_layer
+        self.capacity = capacity
         self.pos = 0
 
     def update(self, layer, k, v):
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
+        """Append k, v (B, nkv, T, hs) after the first `pos` entries; return all of them (B, nkv, pos + T, hs)."""
+        B, nkv, T, hs = k.size()
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nkv, self.capacity, hs)
+            self.v[layer] = v.new_empty(B, nkv, self.capacity, hs)
+        end = self.pos + T
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def sinusoids(n_pos, dim, base):
+    """(n_pos, dim) table: sin on even, cos on odd features, wavelengths from 2*pi to base*2*pi."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
+    table = torch.zeros(n_pos, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+def rope_tables(n_pos, head_size, base):
+    """cos and sin (n_pos, head_size/2) of each position times each rotary frequency."""
+    freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * freq  # (n_pos, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Rotate feature pairs (i, i + hs/2) of x (B, nh, T, hs) by the angles of their positions (T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
-        self.n_head, self.layer, self.dropout = cfg.n_head, layer, cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head, self.layer, self.dropout = cfg.n_head, cfg.kv_heads, layer, cfg.dropout
+        self.hs = cfg.n_embd // cfg.n_head
+        # queries for every head, then keys and values for the n_kv_head shared heads
+        self.qkv = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * self.n_kv_head * self.hs, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
         B, T, C = x.size()
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        kv = self.n_kv_head * self.hs
+        q, k, v = self.qkv(x).split([C, kv, kv], dim=2)
+        q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, nh, past + T, hs)
+            k, v = cache.update(self.layer, k, v)  # (B, nkv, past + T, hs)
         past = k.size(2) - T
-        if past == 0:
-            mask, causal = None, True
-        else:  # new query i sees every cached key and the new keys up to itself
+        mask, causal = None, past == 0  # one new token after the cache sees every key: no mask
+        if past and T > 1:  # new query i sees every cached key and the new keys up to itself
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -96,8 +156,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(self, x, cache=None, rope=None):
+        x = x + self.attn(self.ln1(x), cache, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -105,9 +165,19 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
+        # Every position encoding keeps the block_size window it was trained on: sinusoids and RoPE
+        # could be computed further, but predictions past the trained length degrade, so generate()
+        # slides the window instead (see there).
         self.context_limit = cfg.block_size
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        elif cfg.pos_emb == "sinusoidal":  # fixed tables are buffers outside the state_dict: nothing to load
+            self.register_buffer("pos_table", sinusoids(cfg.block_size, cfg.n_embd, SINUSOID_BASE), persistent=False)
+        else:
+            cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, ROPE_BASE)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -133,10 +203,16 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x, rope = self.wte(idx), None  # (B, T, C)
+        if self.cfg.pos_emb == "learned":
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.cfg.pos_emb == "sinusoidal":
+            x = x + self.pos_table[start:start + T].to(x.dtype)
+        else:
+            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs/2) each
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -150,7 +226,7 @@ class GPT(nn.Module):
 
     def step(self, idx, state=None):
         """Forward only the new tokens idx (B, T), attending to the cached ones; returns (logits, cache)."""
-        cache = state if state is not None else KVCache(self.cfg.n_layer)
+        cache = state if state is not None else KVCache(self.cfg.n_layer, self.cfg.block_size)
         return self._run(idx, cache), cache
 
 
@@ -171,6 +247,8 @@ def config_fields(kind):
     return [f.name for f in fields(rnn.RNNConfig) if f.name != "cell"]
 
 
+# ----------------------------------------------------------------------------- generation
+
 def filter_logits(logits, top_k=None, top_p=None):
     """Keep the top_k most likely tokens and the smallest set whose probability reaches top_p; -inf the rest."""
     if top_k is not None and 0 < top_k < logits.size(-1):
@@ -178,38 +256,57 @@ def filter_logits(logits, top_k=None, top_p=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # tokens after the nucleus is complete
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the nucleus is complete
         drop[..., 0] = False  # always keep the most likely token
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
 
-@torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Extend idx (B, T) by max_new_tokens sampled tokens; temperature 0 is greedy.
+def pick(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """The next token (B, 1) from last-position logits (B, V): argmax when temperature is 0, else a draw."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
 
-    The prompt is prefilled once, then each new token costs one cached step. A model with a
-    context_limit slides its window: when the cache is full, the last context_limit - 1 tokens
-    are prefilled again."""
+
+@torch.no_grad()
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, cache=True):
+    """Yield max_new_tokens next tokens (B, 1), one per step, continuing idx (B, T); temperature 0 is greedy.
+
+    Cached (the default): the prompt is prefilled once, then each new token costs one model.step on
+    the state (KV cache or LSTM state). A model with a context_limit slides its window: when the cache
+    is full, the last context_limit - 1 tokens are prefilled again, so every prediction sees exactly
+    the context the uncached path would give it. cache=False recomputes the whole context (cropped to
+    context_limit) every step, as nanoGPT generates: the reference the cached path must match.
+    Stop early by simply not asking for more (break out of the loop)."""
     limit = model.context_limit
-    context = idx if limit is None else idx[:, -limit:]
-    logits, state = model.step(context)
-    n_cached = context.size(1)
-    for _ in range(max_new_tokens):
-        logits = logits[:, -1, :].float()
-        if temperature == 0:
-            nxt = logits.argmax(dim=-1, keepdim=True)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        if _ == max_new_tokens - 1:
+    crop = (lambda t: t) if limit is None else (lambda t: t[:, -limit:])
+    if cache:
+        context = crop(idx)
+        logits, state = model.step(context)
+        n_cached = context.size(1)
+    else:
+        logits, _ = model(crop(idx))
+    for i in range(max_new_tokens):
+        nxt = pick(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+        yield nxt
+        if i == max_new_tokens - 1:
             break  # the last token needs no logits after it
-        if limit is not None and n_cached >= limit:
+        idx = torch.cat([idx, nxt], dim=1)
+        if not cache:
+            logits, _ = model(crop(idx))
+        elif limit is not None and n_cached >= limit:  # full: slide the window
             logits, state = model.step(idx[:, -(limit - 1):])
             n_cached = limit - 1
         else:
             logits, state = model.step(nxt, state)
             n_cached += 1
-    return idx
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, cache=True):
+    """idx (B, T) extended by max_new_tokens tokens from `stream` (same arguments): (B, T + max_new_tokens)."""
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, cache))
+    return torch.cat([idx, *new], dim=1)

@@ -50,6 +50,8 @@ class TrainConfig:
     block_size: int = 128
     dropout: float = 0.0
     bias: bool = True
+    pos_emb: str = "learned"  # gpt: learned | sinusoidal | rope
+    n_kv_head: int = 0  # gpt: key/value heads; 0 = n_head, 1 = multi-query, else grouped-query
     n_hidden: int = 512  # lstm/gru units per layer
     tie_weights: bool = True  # lstm/gru: output layer shares the embedding (through a projection if needed)
     # optimization

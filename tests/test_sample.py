@@ -1,0 +1,134 @@
+"""sample.py on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by train.train): batches of
+samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x temperatures grid, speed
+reports, and one-line errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import prepare
+import sample
+import train
+from configurator import UserError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
+        "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=500", "--max_iters=30", "--eval_interval=30"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A char-level corpus, a GPT (RoPE, one key/value head) and an LSTM trained on it for 30 steps."""
+    root = tmp_path_factory.mktemp("sample")
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
+    (root / "code.txt").write_text(text, encoding="utf-8")
+    prepare.prepare(load_config(prepare.PrepareConfig(), [
+        "--dataset=text", f"--input={root / 'code.txt'}", f"--data_dir={root / 'data'}", "--name=code"]))
+    out = {}
+    for kind, extra in (("gpt", ["--n_head=2", "--pos_emb=rope", "--n_kv_head=1"]),
+                        ("lstm", ["--model=lstm", "--n_hidden=32"])):
+        out[kind] = root / kind
+        train.train(load_config(train.TrainConfig(), [f"--data_dir={root / 'data'}", "--dataset=code",
+                                                      f"--out_dir={out[kind]}", *TINY, *extra]))
+        losses = [e["val_loss"] for e in map(json.loads, open(out[kind] / "metrics.jsonl")) if e["event"] == "eval"]
+        assert losses[-1] < losses[0] - 0.5, (kind, losses)  # training works with rope + multi-query, and the LSTM
+    return out
+
+
+def cfg_for(run, *args):
+    return sample.parse_args([f"--out_dir={run}", "--start=def ", "--max_new_tokens=40", "--seed=3", *args])
+
+
+@pytest.mark.parametrize("kind", ["gpt", "lstm"])
+def test_batch_seed_greedy_and_cache_through_one_code_path(runs, kind):
+    cfg = cfg_for(runs[kind], "--num_samples=3", "--temperature=1.0", "--top_k=20", "--top_p=0.95")
+    texts = sample.sample(cfg)
+    assert len(texts) == 3 and all(t.startswith("def ") and len(t) == 44 for t in texts)
+    assert len(set(texts)) > 1  # a batch of independent samples
+    assert sample.sample(cfg) == texts  # same seed, same samples
+    assert sample.sample(cfg_for(runs[kind], "--num_samples=3", "--temperature=1.0", "--seed=4")) != texts
+    assert sample.sample(cfg_for(runs[kind], "--num_samples=3", "--temperature=1.0", "--top_k=20", "--top_p=0.95",
+                                 "--cache=False")) == texts  # the uncached reference draws the same tokens
+    greedy = sample.sample(cfg_for(runs[kind], "--num_samples=2", "--temperature=0", "--max_new_tokens=60"))
+    assert greedy[0] == greedy[1]  # 60 > block_size 24: the GPT slides its window
+
+
+def test_stop_string_trims_each_sample_at_its_own_stop(runs):
+    base = cfg_for(runs["gpt"], "--num_samples=4", "--temperature=1.0")
+    full = sample.Session(base).generate("def ", 1.0)["samples"]
+    stop = full[0][15:17]  # occurs in sample 0, maybe in others, at their own places
+    cfg = cfg_for(runs["gpt"], "--num_samples=4", "--temperature=1.0", f"--stop={stop}")
+    r = sample.Session(cfg).generate("def ", 1.0)
+    for text, stopped, before in zip(r["samples"], r["stopped"], full):
+        assert stopped == (stop in before)
+        assert text == (before[:before.index(stop)] if stop in before else before)
+    assert r["stopped"][0] and len(r["samples"][0]) <= 15
+    # escapes: --stop='\n' is a newline
+    assert cfg_for(runs["gpt"], "--stop=\\n").stop == "\n"
+
+
+def test_end_of_text_stops_each_sample_and_ends_generation_when_all_have(runs):
+    session = sample.Session(cfg_for(runs["lstm"], "--num_samples=3", "--temperature=1.0", "--max_new_tokens=80"))
+    full = session.generate("def ", 1.0)
+    session.tok.eot_token = session.tok.encode("\n")[0]  # pretend the newline is end-of-text
+    r = session.generate("def ", 1.0)
+    assert r["samples"] == [s.split("\n")[0] for s in full["samples"]]
+    assert r["stopped"] == ["\n" in s for s in full["samples"]]
+    if all(r["stopped"]):  # every sample stopped: no more steps than the last stop needed
+        assert r["steps"] == max(r["new_tokens"]) + 1
+    session.cfg.eot = False
+    assert session.generate("def ", 1.0)["samples"] == full["samples"]
+
+
+def test_single_sample_streams_token_by_token(runs, capsys):
+    cfg = cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0.8")
+    pieces = []
+    r = sample.Session(cfg).generate("def ", 0.8, echo=pieces.append)
+    assert "".join(pieces) == r["samples"][0] and len(pieces) > 10
+    sample.main([f"--out_dir={runs['gpt']}", "--start=def ", "--max_new_tokens=40", "--seed=3", "--num_samples=1"])
+    out = capsys.readouterr().out
+    assert out.startswith("def " + r["samples"][0] + "\n")
+    assert "tok/s" in out and "prefill 4 tokens x 1" in out and "decode 39 steps x 1" in out
+
+
+def test_prompts_by_temperatures_grid_writes_json(runs, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def \n\nclass A:\nimport os\n", encoding="utf-8")  # the blank line is skipped
+    output = tmp_path / "gen" / "grid.json"
+    sample.main([f"--out_dir={runs['gpt']}", f"--prompts={prompts}", "--temperatures=0,1.0,1.5",
+                 "--num_samples=2", "--max_new_tokens=20", f"--output={output}"])
+    doc = json.loads(output.read_text(encoding="utf-8"))
+    combos = [(g["prompt"], g["temperature"]) for g in doc["generations"]]
+    assert sorted(combos) == sorted((p, t) for p in ("def ", "class A:", "import os") for t in (0.0, 1.0, 1.5))
+    assert doc["settings"]["max_new_tokens"] == 20 and doc["model"] == "gpt" and doc["model_args"]["pos_emb"] == "rope"
+    for g in doc["generations"]:
+        assert len(g["samples"]) == 2 and all(len(s) == 20 for s in g["samples"])
+        assert g["decode_tok_s"] > 0 and g["prefill_tok_s"] > 0
+        if g["temperature"] == 0:
+            assert g["samples"][0] == g["samples"][1]
+    table = capsys.readouterr().out
+    assert table.count("| `class A:` |") == 3 and "9 generations written to" in table
+    # one temperature alone is a grid too; the default output is out_dir/generations.json
+    sample.main([f"--out_dir={runs['lstm']}", "--temperatures=0.7", "--max_new_tokens=5", "--num_samples=1"])
+    assert json.loads((runs["lstm"] / "generations.json").read_text())["temperatures"] == [0.7]
+
+
+def test_bad_input_is_one_clear_user_error(runs, tmp_path):
+    run = f"--out_dir={runs['gpt']}"
+    cases = [([f"--prompts={tmp_path / 'missing.txt'}"], "cannot read the prompts file"),
+             (["--temperatures=0.5,hot"], "temperatures must be numbers separated by commas"),
+             (["--temperatures=-1"], "temperatures must be >= 0"),
+             (["--start=\u2603 snowman"], "is not in this dataset.s vocabulary"),
+             (["--top_p=0"], "top_p must be in"),
+             (["--stop=\\x"], "bad backslash escape")]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    cases.append(([f"--prompts={tmp_path / 'empty.txt'}"], "has no prompts"))
+    for args, message in cases:
+        with pytest.raises(UserError, match=message):
+            sample.main([run, "--max_new_tokens=2", *args])
+    r = subprocess.run([sys.executable, "sample.py", run, "--temperatures=0.5,,x"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "temperatures must be numbers" in r.stderr
