@@ -518,6 +518,8 @@ def train(cfg):
     rank, world, device = setup_distributed(cfg)
     master = rank == 0
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = prepare.load_meta(data_dir)
     train_data, val_data = prepare.open_split(data_dir, "train"), prepare.open_split(data_dir, "val")
@@ -557,8 +559,9 @@ def train(cfg):
         scaler.load_state_dict(ckpt["scaler"])
         it, tokens_seen, elapsed_before, best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
         batches.gen.set_state(ckpt["batch_rng"][0])
-        if rank < len(ckpt["torch_rng"]):  # resumed under more processes: the new ones keep their fresh seeds
-            torch.set_rng_state(ckpt["torch_rng"][rank])
+        torch_rng = ckpt["torch_rng"] if isinstance(ckpt["torch_rng"], list) else [ckpt["torch_rng"]]  # (older)
+        if rank < len(torch_rng):  # resumed under more processes: the new ones keep their fresh seeds
+            torch.set_rng_state(torch_rng[rank])
             if ckpt.get("cuda_rng") and device.startswith("cuda"):
                 torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
         print0(f"resuming {cfg.out_dir} at step {it} ({tokens_seen:,} tokens, {fmt_time(elapsed_before)} spent)")
@@ -572,6 +575,8 @@ def train(cfg):
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     micro_steps = cfg.grad_accum // world
+    # the per-step broadcast of rank 0's clock goes through gloo on the CPU: no GPU sync in every step
+    control = torch.distributed.new_group(backend="gloo") if world > 1 and device.startswith("cuda") else None
 
     n_params = raw_model.num_params()
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
@@ -601,8 +606,8 @@ def train(cfg):
         elapsed = elapsed_before + time.time() - t_start
         stopping = stop.requested
         if world > 1:  # rank 0's clock and signals decide for all, so every process takes the same steps and LRs
-            shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64, device=device)
-            torch.distributed.broadcast(shared, 0)
+            shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64)
+            torch.distributed.broadcast(shared, 0, group=control)
             elapsed, stopping = shared[0].item(), bool(shared[1].item())
         progress = progress_of(it, elapsed, cfg)
         last_step = progress >= 1.0 or stopping
