@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, cli, load_config
-from train import (TrainConfig, autocast, build_model, make_optimizer, model_args, objective, resolve_compile,
-                   resolve_device, resolve_dtype)
+from train import (TrainConfig, autocast, build_model, make_optimizer, model_args, objective, optimizer_step,
+                   resolve_compile, resolve_device, resolve_dtype)
 
 WHAT = ("train", "tokenize", "generate")
 
@@ -97,11 +97,7 @@ def bench_model(name, cfg, B, T, vocab, device, settings, rounds, peaks):
             with autocast(device, dtype):
                 loss = objective(model, x, y, cfg)
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler, raw, cfg.grad_clip)
         t = time.perf_counter()
         for _ in range(2 if compiled else 1):  # compile (forward and backward graphs), or warm the allocator
             step()

@@ -267,6 +267,16 @@ def objective(model, x, y, cfg):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), label_smoothing=cfg.label_smoothing)
 
 
+def optimizer_step(optimizer, scaler, model, grad_clip):
+    """Clip the gradients (unscaled first under fp16), step, update the loss scale, clear the gradients."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 # ----------------------------------------------------------------------------- data
 
 class Batches:
@@ -643,12 +653,7 @@ def train(cfg):
                     loss = objective(train_model, x, y, cfg)
                 scaler.scale(loss / micro_steps).backward()
             loss_sum += loss.detach()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler, raw_model, cfg.grad_clip)
         it += 1
         tokens_seen += tokens_per_step
 
@@ -765,12 +770,7 @@ def lr_find(cfg):
             with autocast(device, dtype):
                 loss = objective(model, x, y, cfg)
             scaler.scale(loss / cfg.grad_accum).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler, model, cfg.grad_clip)
         value = loss.item()
         if not math.isfinite(value):
             diverged = True

@@ -286,11 +286,11 @@ def torchrun(nproc, args):
 
 def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corpus, tmp_path):
     """2 gloo processes with grad_accum=2 draw exactly the windows of 1 process with grad_accum=2 (process r
-    takes micro-batch r of each step), so the curves agree up to float summation order: DDP averages the two
-    gradients in one all-reduce where one process accumulates them. Over 8 steps of a tiny model that
-    difference stays ~1e-6 in the loss; 1e-4 is a bound with margin that any real mismatch (other
-    windows, a missed all-reduce, a wrong loss scale) exceeds by orders of magnitude.
-    The DDP run stops at step 4 and resumes to 8 under DDP, so resume is covered too."""
+    takes micro-batch r of each step) and both sum g0/2 + g1/2, so the curves agree: in our runs bit for bit
+    over 30 steps. The 1e-4 bound leaves room for summation-order differences (thread counts, backends)
+    while any real mismatch exceeds it: the very same windows cut into 4 micro-batches of 4 instead of 2
+    of 8 already move the loss by 2e-3 (bf16); other windows, a missed all-reduce or a wrong loss scale
+    by far more. The DDP run stops at step 4 and resumes to 8 under DDP, so resume is covered too."""
     common = ["--grad_accum=2", "--schedule=constant", "--eval_interval=4", "--dropout=0.0"]
     one = tmp_path / "one"
     run_train(corpus, one, "--max_iters=8", *common)
@@ -305,3 +305,21 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     assert events(ddp, "train")[-1]["tokens"] == events(one, "train")[-1]["tokens"] == 8 * 2 * 8 * 32
     keys = torch.load(ddp / "last.pt", weights_only=False)["model"].keys()
     assert not any(k.startswith("module.") for k in keys)
+
+
+# ----------------------------------------------------------------------------- bench.py
+
+def test_bench_times_every_setting_on_one_model():
+    import bench
+    cfg = train.TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    settings = [("plain", "float32", False, False), ("bf16", "bfloat16", False, True)]
+    rows = bench.bench_model("tiny", cfg, 2, 16, 32, "cpu", settings, 2, {"float32": 1e9, "bfloat16": 2e9})
+    assert [r["setting"] for r in rows] == ["plain", "bf16"] and rows[0]["vs_plain"] == 1.0
+    model = train.build_model("gpt", train.model_args(cfg, 32))
+    fpt = 6 * (model.num_params() - 16 * 16) + 12 * 1 * 16 * 16  # no FLOPs for the position lookup
+    assert bench.flops_per_token(model, cfg, 16) == fpt
+    for r, peak in zip(rows, (1e9, 2e9)):
+        assert r["tok_s"] == pytest.approx(32 / (r["ms_step"] / 1000))
+        assert r["mfu"] == pytest.approx(fpt * r["tok_s"] / peak)  # against the peak of its own dtype
+    with pytest.raises(UserError, match="unknown benchmark 'speed'"):
+        bench.main(["speed"])
