@@ -658,7 +658,7 @@ def train(cfg):
         tokens_seen += tokens_per_step
 
         if it % cfg.log_interval == 0:
-            if world > 1:  # the mean over every micro-step of every process (gloo has no AVG)
+            if world > 1:  # summed over processes, then divided: the mean over every micro-step of every process
                 torch.distributed.all_reduce(loss_sum)
             train_loss = loss_sum.item() / cfg.grad_accum
             if not math.isfinite(train_loss):
