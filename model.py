@@ -41,6 +41,8 @@ class GPTConfig:
     bias: bool = True
     pos_emb: str = "learned"  # learned | sinusoidal | rope
     n_kv_head: int = 0  # key/value heads: 0 = n_head (standard), 1 = multi-query, else grouped-query
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * n_embd
+    tie_weights: bool = True  # the output layer shares the token embedding's weights
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -140,8 +142,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        hidden = round(cfg.mlp_ratio * cfg.n_embd)
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -182,7 +185,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections: keep the residual stream's variance flat

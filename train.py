@@ -4,11 +4,21 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
     python train.py                                   # the quickstart: char-level GPT on pycode, CPU-friendly
     python train.py config/char_enwik8.py --lr=0.1    # an override file, then --key=value flags
     python train.py --init_from=resume                # continue out_dir's run exactly where it stopped
+    python train.py config/char_enwik8.py --lr_find=True          # LR range test: out_dir/lr_find.png
+    python train.py --dataset=mine --init_from=out/quickstart     # fine-tune a run on new data, same tokenizer
     torchrun --standalone --nproc_per_node=4 train.py config/plwiki_gpt.py   # DDP on one node
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        train.py config/plwiki_gpt.py                 # DDP on two nodes (run on each, R = 0 and 1)
 
 Defaults are TrainConfig below; see configurator.py for how overrides apply. A run ends at max_iters
-or when its wall-clock budget (time_budget, minutes) is spent, whichever comes first; then the best
-checkpoint is evaluated on the full val and test splits. out_dir ends up holding:
+or when its wall-clock budget (time_budget, minutes) is spent, whichever comes first; the LR schedule
+(cosine, onecycle, invsqrt, step, constant) runs on progress = the further of the two, so it completes
+its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits.
+Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes together, so
+a config trains on the same tokens per step (and the same windows) whatever the number of processes.
+dtype=auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing) and on CPUs with
+native bf16 (AVX512-BF16/AMX), else fp32; compile=None compiles on CUDA only (see bench.py for why).
+out_dir ends up holding:
     ckpt.pt (best val loss), last.pt (latest state, for resume), config.json, metrics.jsonl,
     results.json, results.md, learning_curves.png, model_summary.txt
 """
@@ -41,7 +51,7 @@ class TrainConfig:
     dataset: str = "pycode"
     data_dir: str = "data"
     out_dir: str = "out/quickstart"
-    init_from: str = "scratch"  # scratch | resume
+    init_from: str = "scratch"  # scratch | resume | a run dir or checkpoint file to fine-tune from
     # model
     model: str = "gpt"  # gpt | lstm | gru
     n_layer: int = 4
@@ -52,20 +62,38 @@ class TrainConfig:
     bias: bool = True
     pos_emb: str = "learned"  # gpt: learned | sinusoidal | rope
     n_kv_head: int = 0  # gpt: key/value heads; 0 = n_head, 1 = multi-query, else grouped-query
+    mlp_ratio: float = 4.0  # gpt: MLP width / n_embd
     n_hidden: int = 512  # lstm/gru units per layer
-    tie_weights: bool = True  # lstm/gru: output layer shares the embedding (through a projection if needed)
+    tie_weights: bool = True  # output layer shares the embedding (lstm/gru: through a projection if needed)
     # optimization
-    batch_size: int = 32
-    grad_accum: int = 1
+    batch_size: int = 32  # sequences per micro-step, in each process
+    grad_accum: int = 1  # micro-steps per optimizer step, summed over all processes (a multiple of their number)
     max_iters: int = 2000
     time_budget: float = 0.0  # minutes of training; 0 = no budget
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # the peak learning rate
     weight_decay: float = 0.1
-    beta1: float = 0.9
+    beta1: float = 0.9  # adamw
     beta2: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd
     grad_clip: float = 1.0  # 0 = off
+    label_smoothing: float = 0.0  # training loss only; evaluation always reports the plain cross-entropy
+    # learning-rate schedule, a function of progress = max(step / max_iters, elapsed / time_budget)
+    schedule: str = "cosine"  # cosine | onecycle | invsqrt | step | constant
+    warmup_iters: int = 100  # linear warmup (cosine, step, constant) or the inverse-sqrt peak (invsqrt)
+    min_lr: float = 1e-4  # cosine: where it ends
+    step_every: float = 0.25  # step: the LR drops every this fraction of the run...
+    step_gamma: float = 0.1  # ...by this factor
+    cycle_div: float = 25.0  # onecycle: starts (and ends its fall) at lr / cycle_div...
+    cycle_final_div: float = 1e4  # ...then annihilates down to lr / cycle_div / cycle_final_div
+    cycle_rise: float = 0.45  # fraction of the run spent rising (and as much falling); the rest annihilates
+    momentum_min: float = 0.85  # onecycle: momentum (sgd) or beta1 (adamw) dips to this at the LR peak
+    # LR range test: python train.py CONFIG --lr_find=True
+    lr_find: bool = False
+    lr_find_min: float = 1e-7
+    lr_find_max: float = 10.0
+    lr_find_iters: int = 100
     # evaluation and logging
     eval_interval: int = 250
     eval_iters: int = 20
@@ -77,13 +105,22 @@ class TrainConfig:
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
+    compile: bool | None = None  # None = auto: on for CUDA, off elsewhere (see resolve_compile)
     seed: int = 1337
 
     def validate(self):
         checks = [
             (self.model in ("gpt", "lstm", "gru"), f"model must be gpt, lstm or gru, not '{self.model}'"),
-            (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, not '{self.init_from}'"),
+            (self.init_from != "", "init_from must be scratch, resume or a run directory / checkpoint to fine-tune"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, not '{self.optimizer}'"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
+            (self.lr > 0 and self.min_lr >= 0 and self.cycle_div >= 1 and self.cycle_final_div >= 1,
+             "lr must be > 0, min_lr >= 0, cycle_div and cycle_final_div >= 1"),
+            (0 < self.cycle_rise <= 0.5, f"cycle_rise must be in (0, 0.5], not {self.cycle_rise}"),
+            (0 < self.step_every and 0 < self.step_gamma <= 1, "step_every must be > 0 and step_gamma in (0, 1]"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), not {self.label_smoothing}"),
+            (0 < self.lr_find_min < self.lr_find_max and self.lr_find_iters >= 10,
+             "lr_find needs 0 < lr_find_min < lr_find_max and lr_find_iters >= 10"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"),
              f"dtype must be auto, float32, bfloat16 or float16, not '{self.dtype}'"),
             (self.max_iters > 0 or self.time_budget > 0, "set max_iters or time_budget (minutes) > 0"),
@@ -116,15 +153,34 @@ def resolve_device(name):
     return name
 
 
+def cpu_has_native_bf16():
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo).
+    There bf16 autocast measured 1.2x (quickstart) to 2.2x (GPT-2 small) the fp32 tokens/s (bench.py);
+    elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_dtype(name, device):
-    """'auto' is bfloat16 where the device has it (CUDA, and CPUs with native bf16 matmuls), else float32."""
+    """'auto' is bfloat16 where the device has it (CUDA, and CPUs with native bf16 matmuls), else float32;
+    CUDA GPUs without bf16 get float16 (with a GradScaler)."""
     if name == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float32"
+        return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
     if name == "float16" and not device.startswith("cuda"):
         raise UserError("dtype=float16 needs a CUDA GPU (it relies on a GradScaler); use bfloat16 or float32")
     return name
+
+
+def resolve_compile(flag, device):
+    """compile=None (auto) compiles on CUDA only: on a CPU it measured slower than eager for our models
+    (bench.py measures it), and compiling costs a minute before the first step."""
+    return device.startswith("cuda") if flag is None else flag
 
 
 def autocast(device, dtype):
@@ -136,14 +192,58 @@ def autocast(device, dtype):
 
 # ----------------------------------------------------------------------------- learning rate
 
+SCHEDULES = ("cosine", "onecycle", "invsqrt", "step", "constant")
+
+
 def get_lr(it, progress, cfg):
-    """LR at iteration `it` and training progress in [0, 1]: linear warmup to lr over warmup_iters,
-    then a cosine from lr to min_lr that ends exactly when progress reaches 1."""
+    """LR at iteration `it` (0-based) and training progress in [0, 1] (see progress_of), per cfg.schedule.
+
+    cosine:   linear warmup to lr over warmup_iters, then a cosine to min_lr that ends when progress is 1 (GPT)
+    onecycle: 1cycle (Smith & Topin): linear rise lr/cycle_div -> lr over cycle_rise of the run, the mirror
+              fall, then annihilation to lr/cycle_div/cycle_final_div; warmup_iters is not used
+    invsqrt:  lr * min(s/w, sqrt(w/s)) with s = it+1, w = warmup_iters: the Transformer's warmup and decay
+    step:     warmup, then lr times step_gamma for every step_every of the run completed (StepLR)
+    constant: warmup, then lr
+    """
+    if cfg.schedule == "onecycle":
+        low, rise = cfg.lr / cfg.cycle_div, cfg.cycle_rise
+        if progress < rise:
+            return low + (cfg.lr - low) * progress / rise
+        if progress < 2 * rise:
+            return cfg.lr - (cfg.lr - low) * (progress - rise) / rise
+        tail = min((progress - 2 * rise) / max(1.0 - 2 * rise, 1e-9), 1.0)  # annihilation, linear to the floor
+        return low - (low - low / cfg.cycle_final_div) * tail
+    if cfg.schedule == "invsqrt":
+        s, w = it + 1, max(cfg.warmup_iters, 1)
+        return cfg.lr * min(s / w, math.sqrt(w / s))
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** math.floor(min(progress, 1.0) / cfg.step_every + 1e-9)
     start = cfg.warmup_iters / cfg.max_iters if cfg.max_iters > 0 else 0.0  # progress when warmup ends
     ratio = min(max((progress - start) / max(1.0 - start, 1e-9), 0.0), 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * ratio))
+
+
+def get_momentum(progress, cfg):
+    """SGD's momentum or AdamW's beta1 at this progress: constant, except under onecycle, where it moves
+    opposite to the LR, from its configured value down to momentum_min at the LR peak and back."""
+    top = cfg.momentum if cfg.optimizer == "sgd" else cfg.beta1
+    if cfg.schedule != "onecycle" or progress >= 2 * cfg.cycle_rise:
+        return top
+    frac = progress / cfg.cycle_rise if progress < cfg.cycle_rise else 2 - progress / cfg.cycle_rise
+    return top - (top - cfg.momentum_min) * frac
+
+
+def set_schedule(optimizer, lr, momentum):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        else:
+            group["momentum"] = momentum
 
 
 def progress_of(it, elapsed_s, cfg):
@@ -154,22 +254,62 @@ def progress_of(it, elapsed_s, cfg):
     return p
 
 
+# ----------------------------------------------------------------------------- optimization
+
+def make_optimizer(cfg, model, device):
+    """AdamW or SGD with weight decay on the matrices only (not biases, norms); fused kernels on CPU and CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.split(":")[0] in ("cuda", "cpu")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+def objective(model, x, y, cfg):
+    """The training loss: the model's mean cross-entropy, or, with label smoothing, one computed here."""
+    if cfg.label_smoothing == 0:
+        return model(x, y)[1]
+    logits, _ = model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), label_smoothing=cfg.label_smoothing)
+
+
+def optimizer_step(optimizer, scaler, model, grad_clip):
+    """Clip the gradients (unscaled first under fp16), step, update the loss scale, clear the gradients."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 # ----------------------------------------------------------------------------- data
 
 class Batches:
     """Random windows of a memmapped split, drawn from a generator of their own so the stream is
-    reproducible and resumable (its state goes into the checkpoint)."""
+    reproducible and resumable (its state goes into the checkpoint).
 
-    def __init__(self, data, block_size, batch_size, seed):
+    Every process draws the same stream: each optimizer step takes grad_accum * batch_size window starts
+    from the shared generator, and process `rank` of `world` trains on micro-batches rank*k .. rank*k+k-1
+    of them (k = grad_accum // world). So N processes see exactly the windows one process with the same
+    grad_accum sees, and a run resumes under any number of processes."""
+
+    def __init__(self, data, block_size, batch_size, seed, grad_accum=1, rank=0, world=1):
         if len(data) <= block_size:
             raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
                             f"lower --block_size")
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
         self.gen = torch.Generator().manual_seed(seed)
+        self.pending = []  # this process's micro-batch starts left in the current step
 
     def next(self):
-        ix = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.gen)
-        return windows(self.data, ix.tolist(), self.block_size)
+        if not self.pending:
+            ix = torch.randint(len(self.data) - self.block_size, (self.grad_accum, self.batch_size), generator=self.gen)
+            self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+        return windows(self.data, self.pending.pop(0), self.block_size)
 
 
 def windows(data, starts, block_size):
@@ -270,6 +410,36 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def load_start_checkpoint(cfg):
+    """The checkpoint init_from names: out_dir's last.pt for resume (else its ckpt.pt), or for a fine-tune
+    a checkpoint file or a run directory (its best checkpoint, ckpt.pt)."""
+    if cfg.init_from == "resume":
+        path, best = os.path.join(cfg.out_dir, CKPT_LAST), os.path.join(cfg.out_dir, CKPT_BEST)
+        try:
+            return load_checkpoint(path if os.path.exists(path) else best)
+        except UserError as e:
+            if os.path.exists(path) and os.path.exists(best):
+                raise UserError(f"{e}. To resume from the best checkpoint instead, move {path} aside") from None
+            raise
+    path = cfg.init_from
+    if os.path.isdir(path):
+        path = os.path.join(path, CKPT_BEST)
+    elif not os.path.exists(path):
+        raise UserError(f"init_from={cfg.init_from} is neither scratch, resume, a run directory nor a checkpoint file")
+    return load_checkpoint(path)
+
+
+def check_same_tokenizer(ckpt, meta, data_dir):
+    """A checkpoint only continues on data tokenized the same way (same kind, size and, if listed, vocabulary)."""
+    old = ckpt["meta"]
+    if (old["tokenizer"], old["vocab_size"], old.get("vocab")) != (meta["tokenizer"], meta["vocab_size"], meta.get("vocab")):
+        same_kind = old["tokenizer"] == meta["tokenizer"] and old["vocab_size"] == meta["vocab_size"]
+        raise UserError(f"the checkpoint was trained on a {old['tokenizer']} vocabulary of {old['vocab_size']}"
+                        f" ({old['dataset']}), but {data_dir} has {meta['tokenizer']} with {meta['vocab_size']}"
+                        f"{' listing different tokens' if same_kind else ''}: prepare the new data with the same "
+                        f"tokenizer (char vocabularies must match exactly)")
+
+
 def model_from_checkpoint(ckpt):
     try:
         model = build_model(ckpt["model_kind"], ckpt["model_args"])
@@ -362,6 +532,9 @@ def setup_distributed(cfg):
     rank, local_rank = int(os.environ.get("RANK", -1)), int(os.environ.get("LOCAL_RANK", 0))
     if not 0 <= rank < world:
         raise UserError(f"WORLD_SIZE={world} needs RANK in 0..{world - 1}: launch with torchrun, not by hand")
+    if cfg.grad_accum % world:
+        raise UserError(f"grad_accum={cfg.grad_accum} must be a multiple of the number of processes ({world}): "
+                        f"each runs grad_accum/{world} micro-steps of batch_size={cfg.batch_size} sequences")
     device = resolve_device(cfg.device)
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
@@ -385,6 +558,8 @@ def train(cfg):
     rank, world, device = setup_distributed(cfg)
     master = rank == 0
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = prepare.load_meta(data_dir)
     train_data, val_data = (prepare.open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
@@ -392,40 +567,35 @@ def train(cfg):
     if len(val_data) <= cfg.block_size:  # (train's length is checked by Batches)
         raise UserError(f"block_size={cfg.block_size} is too long for the val split of {len(val_data)} tokens; "
                         f"lower --block_size")
-    if cfg.init_from == "scratch":  # a forgotten --init_from=resume must not overwrite hours of training
+    if cfg.init_from != "resume":  # a forgotten --init_from=resume must not overwrite hours of training
         for name in (CKPT_LAST, CKPT_BEST):
             if os.path.exists(os.path.join(cfg.out_dir, name)):
                 raise UserError(f"{cfg.out_dir} already holds a run ({name}): continue it with --init_from=resume, "
                                 f"or start a new one in another --out_dir (or delete that folder)")
 
-    ckpt = None
-    if cfg.init_from == "resume":
-        path = os.path.join(cfg.out_dir, CKPT_LAST)
-        try:
-            ckpt = load_checkpoint(path if os.path.exists(path) else os.path.join(cfg.out_dir, CKPT_BEST))
-        except UserError as e:
-            if os.path.exists(path) and os.path.exists(os.path.join(cfg.out_dir, CKPT_BEST)):
-                raise UserError(f"{e}. To resume from the best checkpoint instead, move {path} aside") from None
-            raise
-        if ckpt["meta"]["vocab_size"] != meta["vocab_size"] or ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
-            raise UserError(f"checkpoint in {cfg.out_dir} was trained on a {ckpt['meta']['tokenizer']} vocabulary "
-                            f"of {ckpt['meta']['vocab_size']}, but {data_dir} has {meta['tokenizer']} "
-                            f"with {meta['vocab_size']}")
-        # the model's shape is the checkpoint's, whatever the flags say
-        shape = {k: v for k, v in ckpt["model_args"].items() if k != "vocab_size"}
+    ckpt, resume = None, cfg.init_from == "resume"
+    if cfg.init_from != "scratch":
+        ckpt = load_start_checkpoint(cfg)
+        check_same_tokenizer(ckpt, meta, data_dir)
+        # the model's shape is the checkpoint's, whatever the flags say (a fine-tune may change dropout)
+        shape = {k: v for k, v in ckpt["model_args"].items() if k != "vocab_size" and (resume or k != "dropout")}
         stored = {**shape, "model": ckpt["model_kind"], "block_size": ckpt["config"]["block_size"]}
-        clash = [k for k, v in stored.items() if getattr(cfg, k) not in (v, getattr(TrainConfig, k))]
-        if clash:  # a shape the user asked for (not a default) that the checkpoint does not have
-            has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
-            raise UserError(f"resume takes the model from the checkpoint in {cfg.out_dir} ({has}), not {asked}: "
-                            f"drop those flags, or train a new model in another --out_dir")
+        if resume:
+            clash = [k for k, v in stored.items() if getattr(cfg, k) not in (v, getattr(TrainConfig, k))]
+            if clash:  # a shape the user asked for (not a default) that the checkpoint does not have
+                has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
+                raise UserError(f"resume takes the model from the checkpoint in {cfg.out_dir} ({has}), not {asked}: "
+                                f"drop those flags, or train a new model in another --out_dir")
+        else:
+            changed = {k: v for k, v in stored.items() if getattr(cfg, k, v) != v}
+            if changed:
+                print0(f"fine-tuning keeps the checkpoint's shape: {', '.join(f'{k}={v}' for k, v in changed.items())}")
         with torch.device("meta"):  # the weights must fit the model before anything is written (costs no memory)
             fits = {k: v.shape for k, v in build_model(ckpt["model_kind"], ckpt["model_args"]).state_dict().items()}
         if fits != {k: getattr(v, "shape", None) for k, v in ckpt["model"].items()}:
-            raise UserError(f"the weights in {cfg.out_dir}'s checkpoint do not fit its own {ckpt['model_kind']} "
+            raise UserError(f"the weights in {cfg.init_from}'s checkpoint do not fit its own {ckpt['model_kind']} "
                             f"architecture: it is damaged or from another version")
-        cfg = dataclasses.replace(cfg, **{**shape, "model": ckpt["model_kind"],
-                                          "block_size": ckpt["config"]["block_size"]})
+        cfg = dataclasses.replace(cfg, **stored)
     if master:
         try:
             os.makedirs(cfg.out_dir, exist_ok=True)
@@ -435,35 +605,47 @@ def train(cfg):
         except OSError as e:
             raise UserError(f"cannot write to out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir") from None
 
-    torch.manual_seed(cfg.seed)
-    margs = ckpt["model_args"] if ckpt else model_args(cfg, meta["vocab_size"])
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    margs = model_args(cfg, meta["vocab_size"]) if not resume else ckpt["model_args"]
     raw_model = build_model(cfg.model, margs).to(device)
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+    torch.manual_seed(cfg.seed + rank)  # but each process its own dropout masks
+    optimizer = make_optimizer(cfg, raw_model, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed + rank)
+    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum, rank, world)
     it, tokens_seen, elapsed_before, best_val = 0, 0, 0.0, float("inf")
     if ckpt:
         try:
             raw_model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+            if resume:
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scaler.load_state_dict(ckpt["scaler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"the checkpoint in {cfg.out_dir} does not fit its own model or optimizer "
+            raise UserError(f"the checkpoint in {cfg.init_from} does not fit its own model or optimizer "
                             f"({type(e).__name__}): it is damaged or from another version") from None
+    if resume:
         it, tokens_seen, elapsed_before, best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
-        batches.gen.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
-        torch.set_rng_state(ckpt["torch_rng"])
+        batches.gen.set_state(ckpt["batch_rng"][0])
+        torch_rng = ckpt["torch_rng"] if isinstance(ckpt["torch_rng"], list) else [ckpt["torch_rng"]]  # (older)
+        if rank < len(torch_rng):  # resumed under more processes: the new ones keep their fresh seeds
+            torch.set_rng_state(torch_rng[rank])
+            if ckpt.get("cuda_rng") and device.startswith("cuda"):
+                torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
         print0(f"resuming {cfg.out_dir} at step {it} ({tokens_seen:,} tokens, {fmt_time(elapsed_before)} spent)")
-    model = torch.compile(raw_model) if cfg.compile else raw_model
+    elif ckpt:
+        print0(f"fine-tuning from {cfg.init_from} (step {ckpt['iter']} of {ckpt['config']['dataset']}) "
+               f"with a fresh optimizer and schedule")
+    use_compile = resolve_compile(cfg.compile, device)
+    model = torch.compile(raw_model) if use_compile else raw_model  # what evaluation calls
+    train_model = model  # what training calls: under DDP, a wrapper that averages gradients across processes
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if "cuda" in device else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    micro_steps = cfg.grad_accum // world
+    # the per-step broadcast of rank 0's clock goes through gloo on the CPU: no GPU sync in every step
+    control = torch.distributed.new_group(backend="gloo") if world > 1 and device.startswith("cuda") else None
 
     n_params = raw_model.num_params()
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
     eval_starts = {name: fixed_starts(len(d), cfg.block_size, cfg.eval_iters * cfg.batch_size, cfg.seed + EVAL_SEED_OFFSET)
                    for name, d in (("train", train_data), ("val", val_data))}
     run = Run(cfg, master)
@@ -471,14 +653,16 @@ def train(cfg):
         with open(os.path.join(cfg.out_dir, "model_summary.txt"), "w") as f:
             f.write(f"{raw_model}\n\nparameters: {n_params:,}\nmodel args: {json.dumps(margs)}\n")
     print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
-           f"vocab {meta['vocab_size']}) | device {device} {dtype} | {tokens_per_step:,} tokens/step")
+           f"vocab {meta['vocab_size']}) | device {device} {dtype}{' compiled' if use_compile else ''}"
+           f"{f' x{world} processes' if world > 1 else ''} | {tokens_per_step:,} tokens/step | "
+           f"{cfg.optimizer} {cfg.schedule}")
 
-    def checkpoint(path, batch_rng):
+    def checkpoint(path, rng):
         save_atomic({"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "model_kind": cfg.model,
                      "model_args": margs, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "iter": it, "tokens": tokens_seen, "best_val": best_val,
-                     "elapsed_s": elapsed_before + (time.time() - t_start), "batch_rng": batch_rng,
-                     "torch_rng": torch.get_rng_state(), "meta": {k: v for k, v in meta.items() if k != "splits"}},
+                     "elapsed_s": elapsed_before + (time.time() - t_start), "batch_rng": [batches.gen.get_state()],
+                     **rng, "meta": {k: v for k, v in meta.items() if k != "splits"}},
                     os.path.join(cfg.out_dir, path))
 
     def stop_if_diverged(val_loss=0.0):
@@ -498,8 +682,13 @@ def train(cfg):
     t_last, it_last = t_start, it
     while True:
         elapsed = elapsed_before + time.time() - t_start
+        stopping = stop.requested
+        if world > 1:  # rank 0's clock and signals decide for all, so every process takes the same steps and LRs
+            shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64)
+            torch.distributed.broadcast(shared, 0, group=control)
+            elapsed, stopping = shared[0].item(), bool(shared[1].item())
         progress = progress_of(it, elapsed, cfg)
-        last_step = progress >= 1.0 or stop.requested
+        last_step = progress >= 1.0 or stopping
         if it % cfg.eval_interval == 0 or last_step:
             losses = {name: estimate_loss(model, d, eval_starts[name], cfg, device, dtype)
                       for name, d in (("train", train_data), ("val", val_data))}
@@ -509,42 +698,41 @@ def train(cfg):
             run.log("eval", step=it, tokens=tokens_seen, train_loss=losses["train"], val_loss=losses["val"],
                     val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
             stop_if_diverged(losses["val"])  # never overwrite last.pt with a diverged model
-            batch_rng = gather_states(batches.gen.get_state(), world, device)  # a collective: every rank joins
+            # every process's dropout RNG (a collective: every rank joins)
+            rng = {"torch_rng": gather_states(torch.get_rng_state(), world, device)}
+            if device.startswith("cuda"):
+                rng["cuda_rng"] = gather_states(torch.cuda.get_rng_state(), world, device)
             saved_at = it
             if master:
                 if losses["val"] < best_val:
                     best_val = losses["val"]
-                    checkpoint(CKPT_BEST, batch_rng)
-                checkpoint(CKPT_LAST, batch_rng)
+                    checkpoint(CKPT_BEST, rng)
+                checkpoint(CKPT_LAST, rng)
         if last_step:
             break
 
         lr = get_lr(it, progress, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_schedule(optimizer, lr, get_momentum(progress, cfg))
         loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            x, y = (t.to(device) for t in batches.next())
-            sync = world == 1 or micro == cfg.grad_accum - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
-                _, loss = model(x, y)
-            scaler.scale(loss / cfg.grad_accum).backward()
+        for micro in range(micro_steps):
+            x, y = (t.to(device, non_blocking=True) for t in batches.next())
+            # DDP averages gradients across processes in the last micro-step's backward only
+            no_sync = world > 1 and micro < micro_steps - 1
+            with train_model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(device, dtype):
+                    loss = objective(train_model, x, y, cfg)
+                scaler.scale(loss / micro_steps).backward()
             loss_sum += loss.detach()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(optimizer, scaler, raw_model, cfg.grad_clip)
         if scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
             skipped, scale = skipped + (scaler.get_scale() < scale), scaler.get_scale()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
         it += 1
         tokens_seen += tokens_per_step
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), it, bad_step)  # no sync
 
         if it % cfg.log_interval == 0:
+            if world > 1:  # summed over processes, then divided: the mean over every micro-step of every process
+                torch.distributed.all_reduce(loss_sum)
             train_loss = loss_sum.item() / cfg.grad_accum
             stop_if_diverged()
             now = time.time()
@@ -561,6 +749,7 @@ def train(cfg):
     stop.restore()
     wall = elapsed_before + time.time() - t_start
     if world > 1:
+        torch.distributed.barrier()  # no process tears down its connections while another still uses them
         torch.distributed.destroy_process_group()
     if not master:
         return None
@@ -626,9 +815,94 @@ def plot_curves(out_dir):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- LR range test
+
+LR_FIND_DIVERGED = 4.0  # the sweep stops once the smoothed loss exceeds this multiple of its minimum
+LR_FIND_SMOOTHING = 0.9  # EMA of the loss; bias-corrected, so the first steps are not pulled toward zero
+
+
+def lr_find(cfg):
+    """LR range test (Smith): train from scratch while the LR grows exponentially from lr_find_min to
+    lr_find_max over lr_find_iters steps; stop when the smoothed loss diverges. Writes out_dir/lr_find.png
+    and lr_find.json; returns {"lrs", "losses", "suggested_lr", "min_loss_lr", "diverged"}.
+    The suggestion is the LR where the smoothed loss falls fastest (per log-LR), before its minimum."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("lr_find runs in one process: launch it with python, not torchrun")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    data_dir = os.path.join(cfg.data_dir, cfg.dataset)
+    meta = prepare.load_meta(data_dir)
+    batches = Batches(prepare.open_split(data_dir, "train"), cfg.block_size, cfg.batch_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(device)
+    optimizer = make_optimizer(cfg, model, device)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
+    momentum = get_momentum(0.0, dataclasses.replace(cfg, schedule="constant"))
+    growth = (cfg.lr_find_max / cfg.lr_find_min) ** (1 / (cfg.lr_find_iters - 1))
+    lrs, losses, avg, best, diverged = [], [], 0.0, float("inf"), False
+    print0(f"LR range test: {cfg.lr_find_min:.1e} -> {cfg.lr_find_max:.1e} over {cfg.lr_find_iters} steps")
+    for i in range(cfg.lr_find_iters):
+        lr = cfg.lr_find_min * growth ** i
+        set_schedule(optimizer, lr, momentum)
+        for _ in range(cfg.grad_accum):
+            x, y = (t.to(device) for t in batches.next())
+            with autocast(device, dtype):
+                loss = objective(model, x, y, cfg)
+            scaler.scale(loss / cfg.grad_accum).backward()
+        optimizer_step(optimizer, scaler, model, cfg.grad_clip)
+        value = loss.item()
+        if not math.isfinite(value):
+            diverged = True
+            break
+        avg = LR_FIND_SMOOTHING * avg + (1 - LR_FIND_SMOOTHING) * value
+        smooth = avg / (1 - LR_FIND_SMOOTHING ** (i + 1))
+        lrs.append(lr)
+        losses.append(smooth)
+        best = min(best, smooth)
+        if smooth > LR_FIND_DIVERGED * best:
+            diverged = True
+            break
+    if len(losses) < 3:
+        raise UserError(f"the loss diverged within {len(losses)} steps of lr_find_min={cfg.lr_find_min}: lower it")
+    lowest = int(np.argmin(losses))
+    slope = np.gradient(np.array(losses), np.log(np.array(lrs)))
+    steepest = int(np.argmin(slope[:max(lowest, 1)]))
+    result = {"lrs": lrs, "losses": losses, "suggested_lr": lrs[steepest], "min_loss_lr": lrs[lowest],
+              "diverged": diverged}
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "lr_find.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot_lr_find(result, os.path.join(cfg.out_dir, "lr_find.png"))
+    print0(f"{'diverged' if diverged else 'did not diverge'} after {len(lrs)} steps (at lr {lrs[-1]:.2e}); "
+           f"loss lowest at lr {lrs[lowest]:.2e}\nsuggested lr: {lrs[steepest]:.2e} (steepest descent; "
+           f"for onecycle, the peak lr can go up to about {lrs[lowest]:.2e}) | plot: {cfg.out_dir}/lr_find.png")
+    return result
+
+
+def plot_lr_find(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(result["lrs"], result["losses"])
+    ax.axvline(result["suggested_lr"], color="tab:green", linestyle="--",
+               label=f"suggested {result['suggested_lr']:.1e}")
+    ax.axvline(result["min_loss_lr"], color="tab:red", linestyle=":", label=f"lowest loss {result['min_loss_lr']:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv):
     cfg = load_config(TrainConfig(), argv)
-    train(cfg)
+    if cfg.lr_find:
+        lr_find(cfg)
+    else:
+        train(cfg)
 
 
 if __name__ == "__main__":

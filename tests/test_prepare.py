@@ -1,8 +1,6 @@
 """Tests for prepare.py: tokenizers, the .bin/meta.json writer and reader, and every dataset source on
 small local fixtures (no network). Run: .venv/bin/pytest -q tests/test_prepare.py"""
-import io
 import json
-import os
 import platform
 import random
 import subprocess

@@ -1,0 +1,203 @@
+"""
+Throughput on this machine: training, tokenizers and generation.
+
+    python bench.py                    # all of them (what `make bench` runs)
+    python bench.py train              # training tokens/s, ms/step and MFU per precision / compile setting
+    python bench.py tokenize           # prepare.benchmark(): tokenizer MB/s, streaming peak memory
+    python bench.py generate           # sample.benchmark(), where sample.py has one
+    python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
+
+The training benchmark times full optimizer steps (forward, backward, clipping, fused AdamW) of two
+shapes with random tokens: the quickstart GPT (config/quickstart.py) and GPT-2 small (124M; on a CPU with
+a short 256-token sequence and batch 1). Every setting (fp32 eager, bf16 autocast, torch.compile, and the
+default train.py picks) shares one model and is measured interleaved, round by round, so a busy machine
+slows them alike; the best round counts. MFU is model FLOPs (6 per parameter per token plus attention)
+per second over the peak matmul throughput of the same dtype, measured here with a large matmul.
+"""
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from configurator import UserError, cli, load_config
+from train import (TrainConfig, autocast, build_model, make_optimizer, model_args, objective, optimizer_step,
+                   resolve_compile, resolve_device, resolve_dtype)
+
+WHAT = ("train", "tokenize", "generate")
+
+
+@dataclass
+class BenchConfig:
+    device: str = "auto"
+    steps: int = 3  # timed rounds; each setting takes one step per round
+    compile: bool = True  # include the torch.compile settings (compiling takes ~1 min per model on a CPU)
+    big: bool = True  # include the GPT-2 small shape
+    threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
+    seed: int = 0
+
+
+def peak_flops(device, dtype, n=None):
+    """Measured matmul throughput (FLOP/s) of an n x n product in this dtype: the roof MFU is taken against."""
+    cuda = device.startswith("cuda")
+    n = n or (8192 if cuda else 2048)
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    reps = 20 if cuda else 1
+    best = float("inf")
+    for _ in range(5 if cuda else 12):  # the best of many short trials: a shared CPU is rarely idle for long
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n ** 3 / best
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def flops_per_token(model, cfg, T):
+    """Training FLOPs per token: 6 per matmul weight (forward 2, backward 4) plus attention's QK^T and AV."""
+    n = model.num_params() - model.wpe.weight.numel()  # the position table is a lookup, not a matmul
+    return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+def shapes(device):
+    """(name, TrainConfig, batch, T) of the benchmarked models; GPT-2 small is cut down on a CPU."""
+    quick = load_config(TrainConfig(), [os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "config", "quickstart.py")])
+    gpt2 = TrainConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0)
+    cuda = device.startswith("cuda")
+    return [("quickstart", quick, quick.batch_size, quick.block_size, 256),
+            ("gpt2-124M", gpt2, 16 if cuda else 1, 1024 if cuda else 256, 50257)]
+
+
+def bench_model(name, cfg, B, T, vocab, device, settings, rounds, peaks):
+    """Rows of results for one shape, every setting timed round-robin on one shared model."""
+    torch.manual_seed(0)
+    raw = build_model("gpt", model_args(cfg, vocab)).to(device)
+    fused = make_optimizer(cfg, raw, device)  # what train.py uses
+    plain = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # PyTorch's default kernel
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(vocab, (B, T), generator=gen).to(device)
+    y = torch.randint(vocab, (B, T), generator=gen).to(device)
+    steps = {}
+    for label, dtype, compiled, engine in settings:
+        model = torch.compile(raw) if compiled else raw
+        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
+        optimizer = fused if engine else plain
+
+        def step(model=model, dtype=dtype, scaler=scaler, optimizer=optimizer):
+            with autocast(device, dtype):
+                loss = objective(model, x, y, cfg)
+            scaler.scale(loss).backward()
+            optimizer_step(optimizer, scaler, raw, cfg.grad_clip)
+        t = time.perf_counter()
+        for _ in range(2 if compiled else 1):  # compile (forward and backward graphs), or warm the allocator
+            step()
+        sync(device)
+        print(f"  {name} {label}: warm-up {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        steps[label] = step
+    times = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, step in steps.items():
+            sync(device)
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times[label].append(time.perf_counter() - t)
+    fpt = flops_per_token(raw, cfg, T)
+    rows = []
+    for label, dtype, _, _ in settings:
+        best = min(times[label])
+        tok_s = B * T / best
+        peak = peaks["float32" if dtype == "float32" else dtype]
+        rows.append({"model": name, "params": raw.num_params(), "setting": label, "tokens": B * T,
+                     "tok_s": tok_s, "ms_step": best * 1000, "ms_median": statistics.median(times[label]) * 1000,
+                     "tflops": fpt * tok_s / 1e12, "mfu": fpt * tok_s / peak})
+    base = rows[0]["tok_s"]
+    for r in rows:
+        r["vs_plain"] = r["tok_s"] / base
+    return rows
+
+
+def bench_train(bc):
+    device = resolve_device(bc.device)
+    cuda = device.startswith("cuda")
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py does
+    auto_dtype, auto_compile = resolve_dtype("auto", device), resolve_compile(None, device)
+    low = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
+    peaks = {d: peak_flops(device, d) for d in ("float32", low)}
+    threads = f"{torch.get_num_threads()} threads" if not cuda else torch.cuda.get_device_name()
+    print(f"\ntraining throughput on {device} ({threads}); measured peak matmul: "
+          + ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()))
+    print(f"train.py's default here: dtype={auto_dtype}, compile={auto_compile}")
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    # (label, dtype, compile, train.py's fused optimizer); the first is the plain baseline
+    settings = [("fp32 eager, plain AdamW", "float32", False, False), ("fp32 eager", "float32", False, True),
+                (f"{short[low]} eager", low, False, True)]
+    if bc.compile:
+        settings += [("fp32 compile", "float32", True, True), (f"{short[low]} compile", low, True, True)]
+    settings = [(f"{label}{' = default' if (d, c, f) == (auto_dtype, auto_compile, True) else ''}", d, c, f)
+                for label, d, c, f in settings]
+    if not any("default" in s[0] for s in settings):
+        settings.append(("default", auto_dtype, auto_compile, True))
+    rows = []
+    for name, cfg, B, T, vocab in shapes(device):
+        if name != "quickstart" and not bc.big:
+            continue
+        todo = settings
+        if name != "quickstart" and not cuda:  # compiling GPT-2 small on a few CPU cores takes minutes
+            todo = [s for s in settings if not s[2]] or settings[:1]
+        rows += bench_model(name, cfg, B, T, vocab, device, todo, bc.steps, peaks)
+    print(f"{'model':<12} {'setting':<26} {'batch':>11} {'tok/s':>9} {'ms/step':>9} {'median':>9} "
+          f"{'TFLOP/s':>8} {'MFU':>6} {'vs plain':>9}")
+    for r in rows:
+        print(f"{r['model']:<12} {r['setting']:<26} {r['tokens']:>11,} {r['tok_s']:>9,.0f} {r['ms_step']:>9.1f} "
+              f"{r['ms_median']:>9.1f} {r['tflops']:>8.3f} {r['mfu'] * 100:>5.1f}% {r['vs_plain']:>8.2f}x")
+    return rows
+
+
+def bench_tokenize(bc):
+    import prepare
+    print("\ntokenizers (prepare.benchmark):")
+    results = prepare.benchmark()
+    for key, value in results.items():
+        print(f"  {key:28s} {value}")
+    return results
+
+
+def bench_generate(bc):
+    import sample
+    if not hasattr(sample, "benchmark"):
+        print("\ngeneration: sample.py has no benchmark() yet; skipped")
+        return None
+    print("\ngeneration (sample.benchmark):")
+    results = sample.benchmark()
+    for key, value in (results or {}).items():
+        print(f"  {key:28s} {value}")
+    return results
+
+
+def main(argv):
+    what = argv[0] if argv and not argv[0].startswith("--") else "all"
+    if what not in WHAT + ("all",):
+        raise UserError(f"unknown benchmark '{what}': use {', '.join(WHAT)} or all")
+    bc = load_config(BenchConfig(), argv[1:] if argv and argv[0] == what else argv)
+    for name in WHAT if what == "all" else (what,):
+        t = time.time()
+        globals()[f"bench_{name}"](bc)
+        print(f"({name}: {time.time() - t:.0f} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli(main)
