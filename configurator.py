@@ -103,6 +103,16 @@ def read_override_file(path):
             if not k.startswith("_") and not isinstance(v, types.ModuleType)}
 
 
+def print_help(defaults):
+    """The running script's docstring, then every config key with its type and default."""
+    doc = getattr(sys.modules.get("__main__"), "__doc__", None)
+    if doc:
+        print(doc.strip() + "\n")
+    print(f"{type(defaults).__name__} keys (--key=value):")
+    for name, typ in _field_types(defaults).items():
+        print(f"  --{name}={getattr(defaults, name)!r}  ({getattr(typ, '__name__', typ)})")
+
+
 def load_config(defaults, argv):
     """Apply override files then --key=value flags from argv to a copy of the dataclass `defaults`."""
     types_ = _field_types(defaults)
@@ -114,6 +124,9 @@ def load_config(defaults, argv):
         values[key] = coerce(key, value, types_[key], where)
 
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print_help(defaults)
+            sys.exit(0)
         if arg.startswith("--"):
             key, eq, raw = arg[2:].partition("=")
             if not eq:

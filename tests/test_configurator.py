@@ -89,3 +89,11 @@ def test_importing_the_stages_does_nothing(capsys):
     import sample  # noqa: F401
     import train  # noqa: F401
     assert capsys.readouterr().out == ""
+
+
+def test_help_lists_the_keys(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_config(Cfg(), ["--lr=0.1", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--lr=0.001  (float)" in out and "--top_k=None" in out
