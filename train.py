@@ -532,7 +532,7 @@ def setup_distributed(cfg):
     rank, local_rank = int(os.environ.get("RANK", -1)), int(os.environ.get("LOCAL_RANK", 0))
     if not 0 <= rank < world:
         raise UserError(f"WORLD_SIZE={world} needs RANK in 0..{world - 1}: launch with torchrun, not by hand")
-    if cfg.grad_accum % world:
+    if cfg.grad_accum % world and cfg.grad_accum != 1:
         raise UserError(f"grad_accum={cfg.grad_accum} must be a multiple of the number of processes ({world}): "
                         f"each runs grad_accum/{world} micro-steps of batch_size={cfg.batch_size} sequences")
     device = resolve_device(cfg.device)
@@ -556,6 +556,8 @@ def gather_states(state, world, device):
 def train(cfg):
     """Run training as configured; returns the results dict (rank 0) or None (other ranks)."""
     rank, world, device = setup_distributed(cfg)
+    if world > 1 and cfg.grad_accum == 1:  # no accumulation asked for: one micro-batch in each process
+        cfg = dataclasses.replace(cfg, grad_accum=world)
     master = rank == 0
     dtype = resolve_dtype(cfg.dtype, device)
     if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa

@@ -107,6 +107,9 @@ def test_bad_engine_settings_are_user_errors(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match=r"grad_accum=3 must be a multiple of the number of processes \(2\)"):
         train.setup_distributed(cfg_of("--grad_accum=3"))
+    with pytest.raises(UserError, match=r"grad_accum=6 must be a multiple of the number of processes \(4\)"):
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        train.setup_distributed(cfg_of("--grad_accum=6"))
 
 
 def test_every_shipped_config_loads():
