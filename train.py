@@ -67,7 +67,7 @@ class TrainConfig:
     tie_weights: bool = True  # output layer shares the embedding (lstm/gru: through a projection if needed)
     # optimization
     batch_size: int = 32  # sequences per micro-step, in each process
-    grad_accum: int = 1  # micro-steps per optimizer step, summed over all processes (a multiple of their number)
+    grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)
     max_iters: int = 2000
     time_budget: float = 0.0  # minutes of training; 0 = no budget
     optimizer: str = "adamw"  # adamw | sgd
