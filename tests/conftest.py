@@ -1,4 +1,5 @@
 """Shared pytest fixtures: the ../shared folder (offline data) and an offline tiktoken cache for gpt2."""
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,21 @@ sys.path.insert(0, str(REPO))  # the stages (prepare.py, model.py, ...) are top-
 # Tiny test models run faster on one thread than on two contending ones; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+
+def code_text():
+    """Real text for tiny runs: the source of the stdlib's json package (~90 distinct characters)."""
+    return "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
+
+
+def prepare_text(root, name, text, tokenizer=""):
+    """prepare.py's `text` dataset made from a string, as root/data/name; returns root/data."""
+    import prepare
+    from configurator import load_config
+    (root / f"{name}.txt").write_text(text, encoding="utf-8")
+    args = ["--dataset=text", f"--input={root / f'{name}.txt'}", f"--data_dir={root / 'data'}", f"--name={name}"]
+    prepare.prepare(load_config(prepare.PrepareConfig(), args + ([f"--tokenizer={tokenizer}"] if tokenizer else [])))
+    return root / "data"
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import prepare
-from configurator import load_config
+from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "
@@ -13,10 +12,7 @@ TINY = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batc
 
 
 def test_make_compare_writes_the_report(tmp_path):
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
-    (tmp_path / "code.txt").write_text(text, encoding="utf-8")
-    prepare.prepare(load_config(prepare.PrepareConfig(), [
-        "--dataset=text", f"--input={tmp_path / 'code.txt'}", f"--data_dir={tmp_path / 'data'}", "--name=code"]))
+    prepare_text(tmp_path, "code", code_text())
     out = tmp_path / "cmp"
     r = subprocess.run(["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
                         f"COMPARE_DIR={out}", f"ARGS={TINY} --data_dir={tmp_path / 'data'}"],

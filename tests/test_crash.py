@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import prepare
 import train
 from configurator import UserError, load_config
+from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--eval_iters=1",
@@ -29,12 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models run faster on one th
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A char-level dataset (the json package's source) prepared by prepare.py; returns the data_dir."""
-    root = tmp_path_factory.mktemp("crash")
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
-    (root / "code.txt").write_text(text, encoding="utf-8")
-    prepare.prepare(load_config(prepare.PrepareConfig(), [
-        "--dataset=text", f"--input={root / 'code.txt'}", f"--data_dir={root / 'data'}", "--name=code"]))
-    return root / "data"
+    return prepare_text(tmp_path_factory.mktemp("crash"), "code", code_text())
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,6 +17,7 @@ import torch
 import prepare
 import train
 from configurator import UserError, load_config
+from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
@@ -131,17 +132,11 @@ def test_plwiki_gpt_config_has_seed_001s_parameter_count():
 
 # ----------------------------------------------------------------------------- real tiny runs
 
-def prepare_text(root, name, text, tokenizer=""):
-    (root / f"{name}.txt").write_text(text, encoding="utf-8")
-    args = ["--dataset=text", f"--input={root / f'{name}.txt'}", f"--data_dir={root / 'data'}", f"--name={name}"]
-    prepare.prepare(load_config(prepare.PrepareConfig(), args + ([f"--tokenizer={tokenizer}"] if tokenizer else [])))
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Char- and byte-level datasets from the stdlib's source: `code` (char), `code_b` and `email_b` (byte)."""
     root = tmp_path_factory.mktemp("corpus")
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
+    text = code_text()
     prepare_text(root, "code", text * 3)
     prepare_text(root, "code_b", text * 3, "byte")
     other = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(prepare.__file__).parent.glob("*.py")))

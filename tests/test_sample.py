@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import prepare
 import sample
 import train
 from configurator import UserError, load_config
+from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
@@ -22,10 +22,7 @@ TINY = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--ev
 def runs(tmp_path_factory):
     """A char-level corpus, a GPT (RoPE, one key/value head) and an LSTM trained on it for 30 steps."""
     root = tmp_path_factory.mktemp("sample")
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
-    (root / "code.txt").write_text(text, encoding="utf-8")
-    prepare.prepare(load_config(prepare.PrepareConfig(), [
-        "--dataset=text", f"--input={root / 'code.txt'}", f"--data_dir={root / 'data'}", "--name=code"]))
+    prepare_text(root, "code", code_text())
     out = {}
     for kind, extra in (("gpt", ["--n_head=2", "--pos_emb=rope", "--n_kv_head=1"]),
                         ("lstm", ["--model=lstm", "--n_hidden=32"])):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import prepare
 import sample
 import train
 from configurator import UserError, load_config
+from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,10 +107,7 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_
 def corpus(tmp_path_factory):
     """A char-level dataset prepared by prepare.py from a slice of the stdlib source."""
     root = tmp_path_factory.mktemp("corpus")
-    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(json.__file__).parent.glob("*.py")))
-    (root / "code.txt").write_text(text * 3, encoding="utf-8")
-    prepare.prepare(load_config(prepare.PrepareConfig(), [
-        "--dataset=text", f"--input={root / 'code.txt'}", f"--data_dir={root / 'data'}", "--name=code"]))
+    prepare_text(root, "code", code_text() * 3)
     return root
 
 
