@@ -6,7 +6,8 @@
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
 #   make sample OUT=out/quickstart ARGS="--temperature=1.5"
 #   make bench                 training / tokenizer / generation throughput on this machine
-#   make compare DATASET=pycode BUDGET=1.5   GPT vs LSTM, same data and minutes each -> out/compare-<dataset>/report.md
+#   make compare DATASET=pycode BUDGET=1.5   GPT vs LSTM (its config layered on the GPT's), same data and minutes
+#                              each -> out/compare-<dataset>/report.md
 #
 # PYTHON=/path/to/python uses an existing interpreter (its packages are installed from
 # requirements.txt) instead of creating .venv.
@@ -68,7 +69,7 @@ bench: $(DEPS)
 
 compare: $(DEPS) $(if $(filter pycode,$(DATASET)),data/pycode/meta.json)
 	$(PYTHON) train.py $(GPT_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/gpt $(ARGS)
-	$(PYTHON) train.py $(LSTM_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/lstm $(ARGS)
+	$(PYTHON) train.py $(GPT_CONFIG) $(LSTM_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/lstm $(ARGS)
 	$(PYTHON) compare.py $(COMPARE_DIR)
 
 clean:

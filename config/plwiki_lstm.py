@@ -6,22 +6,11 @@
 # Not stated by the seed, so our choices: constant LR (no warmup/decay), no dropout, Adam's default
 # beta2 = 0.999, our default gradient clipping at 1.0. train.py's AdamW decouples the weight decay
 # (the seed's "Adam with weight decay" may have been the L2 form) and skips it on biases.
-#   python prepare.py plwiki && python train.py config/plwiki_lstm.py
-dataset = "plwiki"
+# Layered on config/plwiki_gpt.py, so the data, batch, optimizer, schedule and budget are the GPT's:
+#   python prepare.py plwiki && python train.py config/plwiki_gpt.py config/plwiki_lstm.py
 out_dir = "out/plwiki_lstm"
 model = "lstm"
 n_layer = 10
 n_embd = 512
 n_hidden = 1024
 tie_weights = False
-dropout = 0.0
-block_size = 256
-batch_size = 32
-lr = 5e-4
-min_lr = 5e-4            # constant learning rate
-warmup_iters = 0
-weight_decay = 0.1
-beta2 = 0.999
-max_iters = 0            # no iteration cap: the 120-minute budget ends the run
-time_budget = 120.0      # minutes
-eval_interval = 100
