@@ -12,15 +12,10 @@ curves_time.png (val and train loss of both against tokens seen and against wall
 """
 import json
 import os
-import time
 from dataclasses import dataclass
 
-import torch
-
-import prepare
 from configurator import UserError, cli, load_config
-from model import generate
-from train import CKPT_BEST, load_checkpoint, model_from_checkpoint
+from sample import SampleConfig, Session
 
 RUNS = ("gpt", "lstm")
 
@@ -30,8 +25,7 @@ class CompareConfig:
     out_dir: str = "out/compare-pycode"
     start: str = "\n"
     temperatures: str = "0.5,1.0,1.5"
-    max_new_tokens: int = 300
-    gen_tokens: int = 200  # tokens generated (batch 1) to measure generation speed
+    max_new_tokens: int = 300  # per sample; decode tokens/s is measured on these (batch 1, on the CPU)
     seed: int = 1337
 
 
@@ -44,16 +38,6 @@ def read_run(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         events = [json.loads(line) for line in f]
     return results, events
-
-
-@torch.no_grad()
-def generation_speed(model, n_tokens, first_token):
-    """Decode tokens/s at batch 1 through the same cached generate sample.py uses."""
-    idx = torch.tensor([[first_token]])
-    generate(model, idx, 8, temperature=1.0)  # warm-up
-    t0 = time.perf_counter()
-    generate(model, idx, n_tokens, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    return n_tokens / (time.perf_counter() - t0)
 
 
 def plot(runs, out_dir):
@@ -79,18 +63,18 @@ def plot(runs, out_dir):
 
 def compare(cfg):
     runs = {run: read_run(os.path.join(cfg.out_dir, run)) for run in RUNS}
-    temps = [float(t) for t in cfg.temperatures.split(",")]
     samples, speeds = {}, {}
-    for run in RUNS:
-        ckpt = load_checkpoint(os.path.join(cfg.out_dir, run, CKPT_BEST))
-        tok = prepare.Tokenizer.from_meta(ckpt["meta"])
-        model = model_from_checkpoint(ckpt).eval()
-        prompt = tok.encode(cfg.start)
-        speeds[run] = generation_speed(model, cfg.gen_tokens, prompt[-1])
-        for t in temps:
-            g = torch.Generator().manual_seed(cfg.seed)
-            out = generate(model, torch.tensor([prompt]), cfg.max_new_tokens, temperature=t, generator=g)
-            samples[run, t] = tok.decode(out[0].tolist())
+    for run in RUNS:  # sample.py's own generation path: same prompt, seed and temperatures for both
+        scfg = SampleConfig(out_dir=os.path.join(cfg.out_dir, run), start=cfg.start, num_samples=1,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eot=False, device="cpu",
+                            temperatures=tuple(cfg.temperatures.split(",")))
+        scfg.validate()  # parses the temperatures, with a clear error for a bad one
+        session = Session(scfg)
+        results = [session.generate(scfg.start, t) for t in scfg.temperatures]
+        temps = scfg.temperatures
+        for t, r in zip(temps, results):
+            samples[run, t] = cfg.start + r["samples"][0]
+        speeds[run] = max(r["decode_tok_s"] or 0.0 for r in results)
     rows = [("model", lambda r, e: r["model"]), ("parameters", lambda r, e: f"{r['params']:,}"),
             ("tokens seen", lambda r, e: f"{r['tokens_seen']:,}"),
             ("training tokens/s", lambda r, e: f"{r['tokens_seen'] / max(r['wall_time_s'], 1e-9):,.0f}"),

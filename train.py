@@ -362,9 +362,8 @@ def evaluate_split(model, data, cfg, device, dtype, max_tokens=0):
 
 def _add_loss(model, x, y, device, dtype, total, count):
     with autocast(device, dtype):
-        logits, _ = model(x.to(device))
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(device).view(-1), reduction="sum")
-    return total + loss.item(), count + y.numel()
+        _, loss = model(x.to(device), y.to(device))  # the mean over the batch's tokens
+    return total + loss.item() * y.numel(), count + y.numel()
 
 
 def metrics_for(loss, split_stats):
@@ -871,10 +870,14 @@ def lr_find(cfg):
     steepest = int(np.argmin(slope[:max(lowest, 1)]))
     result = {"lrs": lrs, "losses": losses, "suggested_lr": lrs[steepest], "min_loss_lr": lrs[lowest],
               "diverged": diverged}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "lr_find.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    plot_lr_find(result, os.path.join(cfg.out_dir, "lr_find.png"))
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "lr_find.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        plot_lr_find(result, os.path.join(cfg.out_dir, "lr_find.png"))
+    except OSError as e:
+        raise UserError(f"cannot write the LR range test to {cfg.out_dir}: {e.strerror or e}; "
+                        f"pick another --out_dir") from None
     print0(f"{'diverged' if diverged else 'did not diverge'} after {len(lrs)} steps (at lr {lrs[-1]:.2e}); "
            f"loss lowest at lr {lrs[lowest]:.2e}\nsuggested lr: {lrs[steepest]:.2e} (steepest descent; "
            f"for onecycle, the peak lr can go up to about {lrs[lowest]:.2e}) | plot: {cfg.out_dir}/lr_find.png")
