@@ -8,11 +8,14 @@ A GPT-2-style decoder-only transformer, and the one `generate` that serves every
     for nxt in stream(model, idx, 100): ...   # the same loop, one (B, 1) token at a time
 
 Token embeddings plus positions (pos_emb: learned GPT-2 embeddings, fixed sinusoids, or rotary
-embeddings applied to queries and keys), pre-LayerNorm blocks (causal self-attention through
+embeddings applied to queries and keys), pre-norm blocks (causal self-attention through
 scaled_dot_product_attention, with n_kv_head < n_head for grouped-query / multi-query attention,
-then a GELU MLP), dropout, final LayerNorm, output weights tied to the token embedding, N(0, 0.02)
-init with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults (learned positions,
-n_kv_head = n_head) are GPT-2 and load checkpoints saved before the other options existed.
+then an MLP), dropout, a final norm, output weights tied to the token embedding, N(0, 0.02) init
+with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2 and load
+checkpoints saved before the other options existed. The options since GPT-2 (the modded-nanogpt
+speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of each head's queries and keys),
+activation=relu2 (ReLU squared), zero_init (residual projections, and an untied head, start at 0)
+and logit_softcap (logits = c * tanh(logits / c)).
 rnn.py's models have the same interface, so train.py, sample.py and the tests never branch on it.
 """
 import math
@@ -28,6 +31,8 @@ INIT_STD = 0.02  # GPT-2's weight init
 ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
 SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
 POS_EMBS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = {"gelu": F.gelu, "relu2": lambda x: F.relu(x).square()}
 
 
 @dataclass
@@ -43,6 +48,11 @@ class GPTConfig:
     n_kv_head: int = 0  # key/value heads: 0 = n_head (standard), 1 = multi-query, else grouped-query
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * n_embd
     tie_weights: bool = True  # the output layer shares the token embedding's weights
+    norm: str = "layernorm"  # layernorm (with a bias when bias=True) | rmsnorm
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
+    activation: str = "gelu"  # the MLP's nonlinearity: gelu | relu2
+    zero_init: bool = False  # residual projections (and an untied head) start at zero
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0 = off
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -53,6 +63,12 @@ class GPTConfig:
             raise UserError(f"pos_emb=rope needs an even head size, but n_embd/n_head = {self.n_embd // self.n_head}")
         if not 0 <= self.n_kv_head <= self.n_head or self.n_head % max(self.n_kv_head, 1):
             raise UserError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head)")
+        if self.norm not in NORMS:
+            raise UserError(f"norm must be one of {', '.join(NORMS)}, not '{self.norm}'")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not '{self.activation}'")
+        if self.logit_softcap < 0:
+            raise UserError(f"logit_softcap must be >= 0 (0 = off), not {self.logit_softcap}")
 
     @property
     def kv_heads(self):
@@ -107,6 +123,10 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+def make_norm(cfg, dim):
+    return nn.RMSNorm(dim) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
@@ -116,6 +136,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * self.n_kv_head * self.hs, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:  # bounded attention logits: every head's queries and keys get unit RMS (times a gain)
+            self.q_norm, self.k_norm = nn.RMSNorm(self.hs), nn.RMSNorm(self.hs)
 
     def forward(self, x, cache=None, rope=None):
         B, T, C = x.size()
@@ -124,6 +146,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
@@ -146,17 +170,18 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cache=None, rope=None):
@@ -183,7 +208,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = make_norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying
@@ -191,6 +216,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections: keep the residual stream's variance flat
                 nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:  # every block starts as the identity
+                    nn.init.zeros_(p)
+        if cfg.zero_init and not cfg.tie_weights:  # and the untied output layer as a uniform prediction
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(m):
@@ -219,7 +248,11 @@ class GPT(nn.Module):
             x = block(x, cache, rope)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if self.cfg.logit_softcap > 0:  # smoothly bounded to (-c, c), computed in fp32
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits.float() / c)
+        return logits
 
     def forward(self, idx, targets=None):
         logits = self._run(idx)
