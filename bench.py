@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, cli, load_config
-from train import (TrainConfig, autocast, build_model, make_optimizer, model_args, objective, optimizer_step,
+from train import (TrainConfig, autocast, build_model, make_optimizers, model_args, objective, optimizer_step,
                    resolve_compile, resolve_device, resolve_dtype)
 
 WHAT = ("train", "tokenize", "generate")
@@ -82,8 +82,8 @@ def bench_model(name, cfg, B, T, vocab, device, settings, rounds, peaks):
     """Rows of results for one shape, every setting timed round-robin on one shared model."""
     torch.manual_seed(0)
     raw = build_model("gpt", model_args(cfg, vocab)).to(device)
-    fused = make_optimizer(cfg, raw, device)  # what train.py uses
-    plain = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # PyTorch's default kernel
+    fused = make_optimizers(cfg, raw, device)  # what train.py uses
+    plain = [torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]  # PyTorch's default kernel
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(vocab, (B, T), generator=gen).to(device)
     y = torch.randint(vocab, (B, T), generator=gen).to(device)

@@ -65,13 +65,20 @@ class TrainConfig:
     mlp_ratio: float = 4.0  # gpt: MLP width / n_embd
     n_hidden: int = 512  # lstm/gru units per layer
     tie_weights: bool = True  # output layer shares the embedding (lstm/gru: through a projection if needed)
+    norm: str = "layernorm"  # gpt: layernorm | rmsnorm
+    qk_norm: bool = False  # gpt: RMSNorm on each head's queries and keys
+    activation: str = "gelu"  # gpt: the MLP's nonlinearity, gelu | relu2 (ReLU squared)
+    zero_init: bool = False  # gpt: residual projections (and an untied head) start at zero
+    logit_softcap: float = 0.0  # gpt: logits = c * tanh(logits / c) for c > 0; 0 = off
     # optimization
     batch_size: int = 32  # sequences per micro-step, in each process
     grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)
     max_iters: int = 2000
     time_budget: float = 0.0  # minutes of training; 0 = no budget
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3  # the peak learning rate
+    optimizer: str = "adamw"  # muon (hidden matrices; AdamW for the rest) | adamw | sgd
+    lr: float = 1e-3  # the peak learning rate (AdamW's or SGD's)
+    muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
+    muon_momentum: float = 0.95  # muon: Nesterov momentum
     weight_decay: float = 0.1
     beta1: float = 0.9  # adamw
     beta2: float = 0.99
@@ -80,8 +87,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     label_smoothing: float = 0.0  # training loss only; evaluation always reports the plain cross-entropy
     # learning-rate schedule, a function of progress = max(step / max_iters, elapsed / time_budget)
-    schedule: str = "cosine"  # cosine | onecycle | invsqrt | step | constant
-    warmup_iters: int = 100  # linear warmup (cosine, step, constant) or the inverse-sqrt peak (invsqrt)
+    schedule: str = "cosine"  # wsd | cosine | onecycle | invsqrt | step | constant
+    warmup_iters: int = 100  # linear warmup (wsd, cosine, step, constant) or the inverse-sqrt peak (invsqrt)
+    decay_frac: float = 0.5  # wsd: the LR decays to 0 over this last fraction of the run...
+    decay_shape: str = "linear"  # ...linear | sqrt (1 - sqrt)
     min_lr: float = 1e-4  # cosine: where it ends
     step_every: float = 0.25  # step: the LR drops every this fraction of the run...
     step_gamma: float = 0.1  # ...by this factor
@@ -112,8 +121,13 @@ class TrainConfig:
         checks = [
             (self.model in ("gpt", "lstm", "gru"), f"model must be gpt, lstm or gru, not '{self.model}'"),
             (self.init_from != "", "init_from must be scratch, resume or a run directory / checkpoint to fine-tune"),
-            (self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, not '{self.optimizer}'"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
+            (0 < self.decay_frac <= 1, f"decay_frac must be in (0, 1], not {self.decay_frac}"),
+            (self.decay_shape in DECAY_SHAPES,
+             f"decay_shape must be one of {', '.join(DECAY_SHAPES)}, not '{self.decay_shape}'"),
+            (self.muon_lr_scale > 0 and 0 <= self.muon_momentum < 1,
+             "muon_lr_scale must be > 0 and muon_momentum in [0, 1)"),
             (self.lr > 0 and self.min_lr >= 0 and self.cycle_div >= 1 and self.cycle_final_div >= 1,
              "lr must be > 0, min_lr >= 0, cycle_div and cycle_final_div >= 1"),
             (0 < self.cycle_rise <= 0.5, f"cycle_rise must be in (0, 0.5], not {self.cycle_rise}"),
@@ -192,12 +206,15 @@ def autocast(device, dtype):
 
 # ----------------------------------------------------------------------------- learning rate
 
-SCHEDULES = ("cosine", "onecycle", "invsqrt", "step", "constant")
+SCHEDULES = ("wsd", "cosine", "onecycle", "invsqrt", "step", "constant")
+DECAY_SHAPES = ("linear", "sqrt")
 
 
 def get_lr(it, progress, cfg):
     """LR at iteration `it` (0-based) and training progress in [0, 1] (see progress_of), per cfg.schedule.
 
+    wsd:      warmup-stable-decay (a trapezoid): linear warmup over warmup_iters, flat at lr, then down to 0
+              over the last decay_frac of the run, linearly or as 1 - sqrt (decay_shape)
     cosine:   linear warmup to lr over warmup_iters, then a cosine to min_lr that ends when progress is 1 (GPT)
     onecycle: 1cycle (Smith & Topin): linear rise lr/cycle_div -> lr over cycle_rise of the run, the mirror
               fall, then annihilation to lr/cycle_div/cycle_final_div; warmup_iters is not used
@@ -222,28 +239,36 @@ def get_lr(it, progress, cfg):
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * cfg.step_gamma ** math.floor(min(progress, 1.0) / cfg.step_every + 1e-9)
+    if cfg.schedule == "wsd":
+        left = min(max((1.0 - progress) / cfg.decay_frac, 0.0), 1.0)  # 1 until the decay starts, 0 at the end
+        return cfg.lr * (left if cfg.decay_shape == "linear" else 1.0 - math.sqrt(1.0 - left))
     start = cfg.warmup_iters / cfg.max_iters if cfg.max_iters > 0 else 0.0  # progress when warmup ends
     ratio = min(max((progress - start) / max(1.0 - start, 1e-9), 0.0), 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * ratio))
 
 
-def get_momentum(progress, cfg):
-    """SGD's momentum or AdamW's beta1 at this progress: constant, except under onecycle, where it moves
-    opposite to the LR, from its configured value down to momentum_min at the LR peak and back."""
-    top = cfg.momentum if cfg.optimizer == "sgd" else cfg.beta1
+def get_momentum(progress, cfg, top=None):
+    """A momentum (SGD's, Muon's, or AdamW's beta1) at this progress: `top` (default: the optimizer's
+    configured value), except under onecycle, where it moves opposite to the LR, down to momentum_min at
+    the LR peak and back."""
+    if top is None:
+        top = {"sgd": cfg.momentum, "muon": cfg.muon_momentum}.get(cfg.optimizer, cfg.beta1)
     if cfg.schedule != "onecycle" or progress >= 2 * cfg.cycle_rise:
         return top
     frac = progress / cfg.cycle_rise if progress < cfg.cycle_rise else 2 - progress / cfg.cycle_rise
     return top - (top - cfg.momentum_min) * frac
 
 
-def set_schedule(optimizer, lr, momentum):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        if "betas" in group:
-            group["betas"] = (momentum, group["betas"][1])
-        else:
-            group["momentum"] = momentum
+def set_schedule(optimizers, lr, progress, cfg):
+    """Set every parameter group's LR (lr times the group's lr_scale) and momentum (or beta1) for this step."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            momentum = get_momentum(progress, cfg, group.get("top_momentum"))
+            if "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+            else:
+                group["momentum"] = momentum
 
 
 def progress_of(it, elapsed_s, cfg):
@@ -256,15 +281,38 @@ def progress_of(it, elapsed_s, cfg):
 
 # ----------------------------------------------------------------------------- optimization
 
-def make_optimizer(cfg, model, device):
-    """AdamW or SGD with weight decay on the matrices only (not biases, norms); fused kernels on CPU and CUDA."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+OPTIMIZERS = ("muon", "adamw", "sgd")
+NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")  # 2-D weights that are lookups or the output layer, not hidden matrices
+
+
+def make_optimizers(cfg, model, device):
+    """The optimizers of a run, as a list (a checkpoint holds each one's state).
+
+    adamw | sgd: one optimizer; weight decay on the matrices only (not biases, norms); fused kernels.
+    muon: torch.optim.Muon for the hidden weight matrices (attention, MLP, LSTM gates), AdamW for the rest
+    (embeddings, output layer, norms, biases). Muon's LR is scaled as its docs' "match_rms_adamw" (Moonshot):
+    its updates then have AdamW's RMS, so its peak LR is lr * muon_lr_scale with muon_lr_scale near 1.
+    Every group records its lr_scale and top momentum, which set_schedule reads each step."""
     fused = device.split(":")[0] in ("cuda", "cpu")
+    named = list(model.named_parameters())  # a tied weight is listed once
+    hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and not n.startswith(NOT_HIDDEN)]
+    rest = [p for _, p in named if not any(p is h for h in hidden)]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+        return [torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)]
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+    for group in adamw.param_groups:
+        group.update(lr_scale=1.0, top_momentum=cfg.beta1)
+    if cfg.optimizer != "muon":
+        return [adamw]
+    if not hidden:
+        raise UserError(f"optimizer=muon needs 2-D hidden weight matrices, and this {cfg.model} has none: "
+                        f"use --optimizer=adamw")
+    muon = torch.optim.Muon(hidden, lr=cfg.lr * cfg.muon_lr_scale, weight_decay=cfg.weight_decay,
+                            momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    muon.param_groups[0].update(lr_scale=cfg.muon_lr_scale, top_momentum=cfg.muon_momentum)
+    return [muon, adamw]
 
 
 def objective(model, x, y, cfg):
@@ -275,14 +323,18 @@ def objective(model, x, y, cfg):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), label_smoothing=cfg.label_smoothing)
 
 
-def optimizer_step(optimizer, scaler, model, grad_clip):
-    """Clip the gradients (unscaled first under fp16), step, update the loss scale, clear the gradients."""
+def optimizer_step(optimizers, scaler, model, grad_clip):
+    """Clip the gradients (unscaled first under fp16), step every optimizer, update the loss scale, clear
+    the gradients. Under fp16 a step with inf/nan gradients is skipped by all of them alike."""
     if grad_clip > 0:
-        scaler.unscale_(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -458,15 +510,34 @@ def model_args(cfg, vocab_size):
 # ----------------------------------------------------------------------------- the run
 
 class Run:
-    """Writes a run's files (rank 0 only): metrics.jsonl, and wandb when asked."""
+    """A run's constants (meta, the fixed eval windows, tokens per step, the speed clock) and its files
+    (rank 0 only): model_summary.txt, metrics.jsonl, and wandb when asked."""
 
-    def __init__(self, cfg, master):
-        self.cfg, self.master, self.wandb = cfg, master, None
+    def __init__(self, cfg, env, meta, s, eval_data):
+        self.cfg, self.master, self.meta, self.wandb = cfg, env.master, meta, None
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-        if master and cfg.wandb_log:
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        self.eval_starts = {name: fixed_starts(len(d), cfg.block_size, cfg.eval_iters * cfg.batch_size,
+                                               cfg.seed + EVAL_SEED_OFFSET) for name, d in eval_data.items()}
+        self.t_start = self.t_last = time.time()  # the wall clock, and where the next log's speed is measured from
+        self.it_last, self.elapsed_before = s.it, s.elapsed_before
+        n_params = s.model.num_params()
+        if self.master:
+            with open(os.path.join(cfg.out_dir, "model_summary.txt"), "w") as f:
+                f.write(f"{s.model}\n\nparameters: {n_params:,}\nmodel args: {json.dumps(model_args(cfg, meta['vocab_size']))}\n")
+        if self.master and cfg.wandb_log:
             import wandb
             self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or None,
                                     config=dataclasses.asdict(cfg), dir=cfg.out_dir)
+        compiled = " compiled" if s.eval_model is not s.model else ""
+        print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
+               f"vocab {meta['vocab_size']}) | device {env.device} {env.dtype}{compiled}"
+               f"{f' x{env.world} processes' if env.world > 1 else ''} | {self.tokens_per_step:,} tokens/step | "
+               f"{cfg.optimizer} {cfg.schedule}")
+
+    def elapsed(self):
+        """Seconds of training so far, including those of the runs this one resumes."""
+        return self.elapsed_before + time.time() - self.t_start
 
     def log(self, event, **values):
         if not self.master:
@@ -518,6 +589,38 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+# ----------------------------------------------------------------------------- training: setup
+
+@dataclass
+class Env:
+    """Where this process trains: rank `rank` of `world` processes, on `device` in `dtype`."""
+    rank: int
+    world: int
+    device: str
+    dtype: str
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+@dataclass
+class State:
+    """What a run carries from step to step, and what its checkpoints save."""
+    model: torch.nn.Module  # the raw model: checkpoints hold its state_dict, free of wrapper prefixes
+    eval_model: torch.nn.Module  # what evaluation calls: the model, compiled where compile is on
+    train_model: torch.nn.Module  # what training calls: under DDP, a wrapper that averages gradients
+    optimizers: list
+    scaler: torch.amp.GradScaler
+    batches: "Batches"
+    it: int = 0
+    tokens: int = 0
+    elapsed_before: float = 0.0  # seconds spent by the runs this one resumes
+    best_val: float = math.inf
+    saved_at: int = 0  # the step of the latest checkpoint
+    skipped: int = 0  # fp16: steps the GradScaler skipped (overflowing gradients)
+
+
 def setup_distributed(cfg):
     """(rank, world_size, device) from torchrun's environment; (0, 1, device) without it."""
     try:
@@ -552,214 +655,255 @@ def gather_states(state, world, device):
     return [s.cpu() for s in states]
 
 
+def open_data(cfg, data_dir):
+    """meta.json and the train and val splits, checked (test.bin too, though it is read only at the end)."""
+    meta = prepare.load_meta(data_dir)
+    train_data, val_data = (prepare.open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
+    prepare.open_split(data_dir, "test")  # a missing test.bin should not wait for the end of the run
+    if len(val_data) <= cfg.block_size:  # (train's length is checked by Batches)
+        raise UserError(f"block_size={cfg.block_size} is too long for the val split of {len(val_data)} tokens; "
+                        f"lower --block_size")
+    return meta, train_data, val_data
+
+
+def start_checkpoint(cfg, meta, data_dir):
+    """(cfg, the checkpoint to start from or None). The model's shape (and, on resume, the optimizer) is
+    the checkpoint's whatever the defaults say; flags that ask for another one are an error on resume."""
+    resume = cfg.init_from == "resume"
+    if not resume:  # a forgotten --init_from=resume must not overwrite hours of training
+        for name in (CKPT_LAST, CKPT_BEST):
+            if os.path.exists(os.path.join(cfg.out_dir, name)):
+                raise UserError(f"{cfg.out_dir} already holds a run ({name}): continue it with --init_from=resume, "
+                                f"or start a new one in another --out_dir (or delete that folder)")
+    if cfg.init_from == "scratch":
+        return cfg, None
+    ckpt = load_start_checkpoint(cfg)
+    check_same_tokenizer(ckpt, meta, data_dir)
+    kind = ckpt["model_kind"]
+    with torch.device("meta"):  # the weights must fit the model before anything is written (costs no memory)
+        shell = build_model(kind, ckpt["model_args"])
+    if {k: v.shape for k, v in shell.state_dict().items()} != {k: getattr(v, "shape", None) for k, v in ckpt["model"].items()}:
+        raise UserError(f"the weights in {cfg.init_from}'s checkpoint do not fit its own {kind} "
+                        f"architecture: it is damaged or from another version")
+    # every model field, with the defaults of its time filling in for options added since (a fine-tune may change dropout)
+    shape = {k: getattr(shell.cfg, k) for k in config_fields(kind) if k != "vocab_size" and (resume or k != "dropout")}
+    stored = {**shape, "model": kind, "block_size": ckpt["config"]["block_size"]}
+    if resume:
+        stored["optimizer"] = ckpt["config"].get("optimizer", "adamw")
+        clash = [k for k, v in stored.items() if getattr(cfg, k) not in (v, getattr(TrainConfig, k))]
+        if clash:  # a shape the user asked for (not a default) that the checkpoint does not have
+            has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
+            raise UserError(f"resume keeps the model and optimizer of the checkpoint in {cfg.out_dir} ({has}), not "
+                            f"{asked}: drop those flags, or train a new model in another --out_dir")
+    else:
+        changed = {k: v for k, v in stored.items() if getattr(cfg, k, v) != v}
+        if changed:
+            print0(f"fine-tuning keeps the checkpoint's shape: {', '.join(f'{k}={v}' for k, v in changed.items())}")
+    return dataclasses.replace(cfg, **stored), ckpt
+
+
+def write_config(cfg, env):
+    """out_dir/config.json: the whole resolved config, with the versions and the device it ran on."""
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump({**dataclasses.asdict(cfg), "torch": torch.__version__, "python": sys.version.split()[0],
+                       "world_size": env.world, "device": env.device, "dtype_resolved": env.dtype}, f, indent=2)
+    except OSError as e:
+        raise UserError(f"cannot write to out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir") from None
+
+
+def build_state(cfg, env, vocab_size, train_data, ckpt):
+    """The model (restored from ckpt if any), its optimizers and loss scaler, and the batch stream (on
+    resume, also the step, the counters and every random stream, so the run goes on exactly)."""
+    resume = cfg.init_from == "resume"
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    raw = build_model(cfg.model, ckpt["model_args"] if resume else model_args(cfg, vocab_size)).to(env.device)
+    torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
+    optimizers = make_optimizers(cfg, raw, env.device)
+    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
+    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum, env.rank, env.world)
+    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device) else raw
+    wrapped = model
+    if env.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(env.device).index] if env.device.startswith("cuda") else None)
+    s = State(raw, model, wrapped, optimizers, scaler, batches)
+    if ckpt:
+        restore(s, ckpt, cfg, env)
+    return s
+
+
+def restore(s, ckpt, cfg, env):
+    """Load the checkpoint's weights; on resume also the optimizers, scaler, counters and random streams."""
+    resume = cfg.init_from == "resume"
+    try:
+        s.model.load_state_dict(ckpt["model"])
+        if resume:
+            saved = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]  # (older)
+            if len(saved) != len(s.optimizers):
+                raise ValueError("a different number of optimizers")
+            for optimizer, state in zip(s.optimizers, saved):
+                optimizer.load_state_dict(state)
+            s.scaler.load_state_dict(ckpt["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint does not fit its own model or optimizer ({type(e).__name__}): it is "
+                        f"damaged or from another version") from None
+    if not resume:
+        print0(f"fine-tuning from {cfg.init_from} (step {ckpt['iter']} of {ckpt['config']['dataset']}) "
+               f"with a fresh optimizer and schedule")
+        return
+    s.it, s.tokens, s.elapsed_before, s.best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
+    s.saved_at = s.it
+    s.batches.gen.set_state(ckpt["batch_rng"][0])
+    torch_rng = ckpt["torch_rng"] if isinstance(ckpt["torch_rng"], list) else [ckpt["torch_rng"]]  # (older)
+    if env.rank < len(torch_rng):  # resumed under more processes: the new ones keep their fresh seeds
+        torch.set_rng_state(torch_rng[env.rank])
+        if ckpt.get("cuda_rng") and env.device.startswith("cuda"):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][env.rank])
+    print0(f"resuming {cfg.out_dir} at step {s.it} ({s.tokens:,} tokens, {fmt_time(s.elapsed_before)} spent)")
+
+
+# ----------------------------------------------------------------------------- training: the loop
+
 def train(cfg):
     """Run training as configured; returns the results dict (rank 0) or None (other ranks)."""
     rank, world, device = setup_distributed(cfg)
     if world > 1 and cfg.grad_accum == 1:  # no accumulation asked for: one micro-batch in each process
         cfg = dataclasses.replace(cfg, grad_accum=world)
-    master = rank == 0
-    dtype = resolve_dtype(cfg.dtype, device)
+    env = Env(rank, world, device, resolve_dtype(cfg.dtype, device))
     if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
-    meta = prepare.load_meta(data_dir)
-    train_data, val_data = (prepare.open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
-    prepare.open_split(data_dir, "test")  # read only at the end, but a missing test.bin should not wait for it
-    if len(val_data) <= cfg.block_size:  # (train's length is checked by Batches)
-        raise UserError(f"block_size={cfg.block_size} is too long for the val split of {len(val_data)} tokens; "
-                        f"lower --block_size")
-    if cfg.init_from != "resume":  # a forgotten --init_from=resume must not overwrite hours of training
-        for name in (CKPT_LAST, CKPT_BEST):
-            if os.path.exists(os.path.join(cfg.out_dir, name)):
-                raise UserError(f"{cfg.out_dir} already holds a run ({name}): continue it with --init_from=resume, "
-                                f"or start a new one in another --out_dir (or delete that folder)")
-
-    ckpt, resume = None, cfg.init_from == "resume"
-    if cfg.init_from != "scratch":
-        ckpt = load_start_checkpoint(cfg)
-        check_same_tokenizer(ckpt, meta, data_dir)
-        # the model's shape is the checkpoint's, whatever the flags say (a fine-tune may change dropout)
-        shape = {k: v for k, v in ckpt["model_args"].items() if k != "vocab_size" and (resume or k != "dropout")}
-        stored = {**shape, "model": ckpt["model_kind"], "block_size": ckpt["config"]["block_size"]}
-        if resume:
-            clash = [k for k, v in stored.items() if getattr(cfg, k) not in (v, getattr(TrainConfig, k))]
-            if clash:  # a shape the user asked for (not a default) that the checkpoint does not have
-                has, asked = (", ".join(f"{k}={d[k]}" for k in clash) for d in (stored, dataclasses.asdict(cfg)))
-                raise UserError(f"resume takes the model from the checkpoint in {cfg.out_dir} ({has}), not {asked}: "
-                                f"drop those flags, or train a new model in another --out_dir")
-        else:
-            changed = {k: v for k, v in stored.items() if getattr(cfg, k, v) != v}
-            if changed:
-                print0(f"fine-tuning keeps the checkpoint's shape: {', '.join(f'{k}={v}' for k, v in changed.items())}")
-        with torch.device("meta"):  # the weights must fit the model before anything is written (costs no memory)
-            fits = {k: v.shape for k, v in build_model(ckpt["model_kind"], ckpt["model_args"]).state_dict().items()}
-        if fits != {k: getattr(v, "shape", None) for k, v in ckpt["model"].items()}:
-            raise UserError(f"the weights in {cfg.init_from}'s checkpoint do not fit its own {ckpt['model_kind']} "
-                            f"architecture: it is damaged or from another version")
-        cfg = dataclasses.replace(cfg, **stored)
-    if master:
-        try:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-                json.dump({**dataclasses.asdict(cfg), "torch": torch.__version__, "python": sys.version.split()[0],
-                           "world_size": world, "device": device, "dtype_resolved": dtype}, f, indent=2)
-        except OSError as e:
-            raise UserError(f"cannot write to out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir") from None
-
-    torch.manual_seed(cfg.seed)  # the same initial weights in every process
-    margs = model_args(cfg, meta["vocab_size"]) if not resume else ckpt["model_args"]
-    raw_model = build_model(cfg.model, margs).to(device)
-    torch.manual_seed(cfg.seed + rank)  # but each process its own dropout masks
-    optimizer = make_optimizer(cfg, raw_model, device)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum, rank, world)
-    it, tokens_seen, elapsed_before, best_val = 0, 0, 0.0, float("inf")
-    if ckpt:
-        try:
-            raw_model.load_state_dict(ckpt["model"])
-            if resume:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                scaler.load_state_dict(ckpt["scaler"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"the checkpoint in {cfg.init_from} does not fit its own model or optimizer "
-                            f"({type(e).__name__}): it is damaged or from another version") from None
-    if resume:
-        it, tokens_seen, elapsed_before, best_val = ckpt["iter"], ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
-        batches.gen.set_state(ckpt["batch_rng"][0])
-        torch_rng = ckpt["torch_rng"] if isinstance(ckpt["torch_rng"], list) else [ckpt["torch_rng"]]  # (older)
-        if rank < len(torch_rng):  # resumed under more processes: the new ones keep their fresh seeds
-            torch.set_rng_state(torch_rng[rank])
-            if ckpt.get("cuda_rng") and device.startswith("cuda"):
-                torch.cuda.set_rng_state(ckpt["cuda_rng"][rank])
-        print0(f"resuming {cfg.out_dir} at step {it} ({tokens_seen:,} tokens, {fmt_time(elapsed_before)} spent)")
-    elif ckpt:
-        print0(f"fine-tuning from {cfg.init_from} (step {ckpt['iter']} of {ckpt['config']['dataset']}) "
-               f"with a fresh optimizer and schedule")
-    use_compile = resolve_compile(cfg.compile, device)
-    model = torch.compile(raw_model) if use_compile else raw_model  # what evaluation calls
-    train_model = model  # what training calls: under DDP, a wrapper that averages gradients across processes
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    micro_steps = cfg.grad_accum // world
+    meta, train_data, val_data = open_data(cfg, data_dir)
+    cfg, ckpt = start_checkpoint(cfg, meta, data_dir)
+    if env.master:
+        write_config(cfg, env)
+    s = build_state(cfg, env, meta["vocab_size"], train_data, ckpt)
+    eval_data = {"train": train_data, "val": val_data}
+    run = Run(cfg, env, meta, s, eval_data)
     # the per-step broadcast of rank 0's clock goes through gloo on the CPU: no GPU sync in every step
     control = torch.distributed.new_group(backend="gloo") if world > 1 and device.startswith("cuda") else None
-
-    n_params = raw_model.num_params()
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
-    eval_starts = {name: fixed_starts(len(d), cfg.block_size, cfg.eval_iters * cfg.batch_size, cfg.seed + EVAL_SEED_OFFSET)
-                   for name, d in (("train", train_data), ("val", val_data))}
-    run = Run(cfg, master)
-    if master:
-        with open(os.path.join(cfg.out_dir, "model_summary.txt"), "w") as f:
-            f.write(f"{raw_model}\n\nparameters: {n_params:,}\nmodel args: {json.dumps(margs)}\n")
-    print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
-           f"vocab {meta['vocab_size']}) | device {device} {dtype}{' compiled' if use_compile else ''}"
-           f"{f' x{world} processes' if world > 1 else ''} | {tokens_per_step:,} tokens/step | "
-           f"{cfg.optimizer} {cfg.schedule}")
-
-    def checkpoint(path, rng):
-        save_atomic({"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "model_kind": cfg.model,
-                     "model_args": margs, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "iter": it, "tokens": tokens_seen, "best_val": best_val,
-                     "elapsed_s": elapsed_before + (time.time() - t_start), "batch_rng": [batches.gen.get_state()],
-                     **rng, "meta": {k: v for k, v in meta.items() if k != "splits"}},
-                    os.path.join(cfg.out_dir, path))
-
-    def stop_if_diverged(val_loss=0.0):
-        """A non-finite loss since the last check ends the run before anything is saved from it."""
-        step = int(bad_step)  # a GPU sync, but only where we read a loss anyway (log and eval)
-        if step >= 0 or not math.isfinite(val_loss):
-            where = f"training loss at step {step}" if step >= 0 else f"val loss at step {it}"
-            raise UserError(f"the {where} is nan or inf: stopped without saving; the last good checkpoint (step "
-                            f"{saved_at}) is in {cfg.out_dir}. Lower --lr or use --dtype=float32, then "
-                            f"--init_from=resume")
-
+    micro_steps = cfg.grad_accum // world
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step whose loss was nan/inf, else -1
-    saved_at = it
-    skipped, scale = 0, scaler.get_scale()  # fp16: steps the GradScaler skipped (overflowing gradients)
     stop = StopFlag()
-    t_start = time.time()
-    t_last, it_last = t_start, it
     while True:
-        elapsed = elapsed_before + time.time() - t_start
-        stopping = stop.requested
-        if world > 1:  # rank 0's clock and signals decide for all, so every process takes the same steps and LRs
-            shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64)
-            torch.distributed.broadcast(shared, 0, group=control)
-            elapsed, stopping = shared[0].item(), bool(shared[1].item())
-        progress = progress_of(it, elapsed, cfg)
+        elapsed, stopping = shared_clock(run.elapsed(), stop.requested, world, control)
+        progress = progress_of(s.it, elapsed, cfg)
         last_step = progress >= 1.0 or stopping
-        if it % cfg.eval_interval == 0 or last_step:
-            losses = {name: estimate_loss(model, d, eval_starts[name], cfg, device, dtype)
-                      for name, d in (("train", train_data), ("val", val_data))}
-            val = metrics_for(losses["val"], meta["splits"]["val"])
-            print0(f"eval step {it}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
-                   f"ppl {val['ppl']:.2f} | {val['bpb']:.3f} bits/byte")
-            run.log("eval", step=it, tokens=tokens_seen, train_loss=losses["train"], val_loss=losses["val"],
-                    val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
-            stop_if_diverged(losses["val"])  # never overwrite last.pt with a diverged model
-            # every process's dropout RNG (a collective: every rank joins)
-            rng = {"torch_rng": gather_states(torch.get_rng_state(), world, device)}
-            if device.startswith("cuda"):
-                rng["cuda_rng"] = gather_states(torch.cuda.get_rng_state(), world, device)
-            saved_at = it
-            if master:
-                if losses["val"] < best_val:
-                    best_val = losses["val"]
-                    checkpoint(CKPT_BEST, rng)
-                checkpoint(CKPT_LAST, rng)
+        if s.it % cfg.eval_interval == 0 or last_step:
+            evaluate_and_checkpoint(cfg, env, s, run, eval_data, bad_step, elapsed)
         if last_step:
             break
 
-        lr = get_lr(it, progress, cfg)
-        set_schedule(optimizer, lr, get_momentum(progress, cfg))
+        # one optimizer step: set the LR, run the micro-steps (DDP averages gradients in the last one), step
+        lr = get_lr(s.it, progress, cfg)
+        set_schedule(s.optimizers, lr, progress, cfg)
         loss_sum = torch.zeros((), device=device)
         for micro in range(micro_steps):
-            x, y = (t.to(device, non_blocking=True) for t in batches.next())
-            # DDP averages gradients across processes in the last micro-step's backward only
+            x, y = (t.to(device, non_blocking=True) for t in s.batches.next())
             no_sync = world > 1 and micro < micro_steps - 1
-            with train_model.no_sync() if no_sync else contextlib.nullcontext():
-                with autocast(device, dtype):
-                    loss = objective(train_model, x, y, cfg)
-                scaler.scale(loss / micro_steps).backward()
+            with s.train_model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(device, env.dtype):
+                    loss = objective(s.train_model, x, y, cfg)
+                s.scaler.scale(loss / micro_steps).backward()
             loss_sum += loss.detach()
-        optimizer_step(optimizer, scaler, raw_model, cfg.grad_clip)
-        if scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
-            skipped, scale = skipped + (scaler.get_scale() < scale), scaler.get_scale()
-        it += 1
-        tokens_seen += tokens_per_step
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), it, bad_step)  # no sync
+        scale = s.scaler.get_scale() if s.scaler.is_enabled() else 0.0
+        optimizer_step(s.optimizers, s.scaler, s.model, cfg.grad_clip)
+        if s.scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
+            s.skipped += s.scaler.get_scale() < scale
+        s.it += 1
+        s.tokens += run.tokens_per_step
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), s.it, bad_step)  # no sync
 
-        if it % cfg.log_interval == 0:
-            if world > 1:  # summed over processes, then divided: the mean over every micro-step of every process
-                torch.distributed.all_reduce(loss_sum)
-            train_loss = loss_sum.item() / cfg.grad_accum
-            stop_if_diverged()
-            now = time.time()
-            dt = (now - t_last) / (it - it_last)
-            tok_s = tokens_per_step / dt
-            t_last, it_last = now, it
-            elapsed = elapsed_before + now - t_start
-            left = f" | left {fmt_time(cfg.time_budget * 60 - elapsed)}" if cfg.time_budget > 0 else ""
-            left += f" | {skipped} fp16 steps skipped" if skipped else ""
-            print0(f"step {it} | loss {train_loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | {dt * 1000:.1f} ms/step"
-                   f" | elapsed {fmt_time(elapsed)}{left}")
-            run.log("train", step=it, tokens=tokens_seen, loss=train_loss, lr=lr, tokens_per_s=round(tok_s),
-                    ms_per_step=round(dt * 1000, 2), elapsed_s=round(elapsed, 2), skipped_steps=skipped)
+        if s.it % cfg.log_interval == 0:
+            log_step(cfg, env, s, run, loss_sum, bad_step, lr)
     stop.restore()
-    wall = elapsed_before + time.time() - t_start
-    if world > 1:
+    return finish(cfg, env, s, run, meta, data_dir)
+
+
+def shared_clock(elapsed, stopping, world, control):
+    """Under DDP rank 0's clock and signals decide for all, so every process takes the same steps and LRs."""
+    if world == 1:
+        return elapsed, stopping
+    shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64)
+    torch.distributed.broadcast(shared, 0, group=control)
+    return shared[0].item(), bool(shared[1].item())
+
+
+def stop_if_diverged(cfg, s, bad_step, val_loss=0.0):
+    """A non-finite loss since the last check ends the run before anything is saved from it."""
+    step = int(bad_step)  # a GPU sync, but only where we read a loss anyway (log and eval)
+    if step >= 0 or not math.isfinite(val_loss):
+        where = f"training loss at step {step}" if step >= 0 else f"val loss at step {s.it}"
+        raise UserError(f"the {where} is nan or inf: stopped without saving; the last good checkpoint (step "
+                        f"{s.saved_at}) is in {cfg.out_dir}. Lower --lr or use --dtype=float32, then "
+                        f"--init_from=resume")
+
+
+def evaluate_and_checkpoint(cfg, env, s, run, eval_data, bad_step, elapsed):
+    """Loss on the fixed train and val windows; then save last.pt, and ckpt.pt when val is the best yet."""
+    losses = {name: estimate_loss(s.eval_model, data, run.eval_starts[name], cfg, env.device, env.dtype)
+              for name, data in eval_data.items()}
+    val = metrics_for(losses["val"], run.meta["splits"]["val"])
+    print0(f"eval step {s.it}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
+           f"ppl {val['ppl']:.2f} | {val['bpb']:.3f} bits/byte")
+    run.log("eval", step=s.it, tokens=s.tokens, train_loss=losses["train"], val_loss=losses["val"],
+            val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
+    stop_if_diverged(cfg, s, bad_step, losses["val"])  # never overwrite last.pt with a diverged model
+    # every process's dropout RNG (a collective: every rank joins)
+    rng = {"torch_rng": gather_states(torch.get_rng_state(), env.world, env.device)}
+    if env.device.startswith("cuda"):
+        rng["cuda_rng"] = gather_states(torch.cuda.get_rng_state(), env.world, env.device)
+    s.saved_at = s.it
+    if not env.master:
+        return
+    state = {"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "model_kind": cfg.model,
+             "model_args": model_args(cfg, run.meta["vocab_size"]), "model": s.model.state_dict(),
+             "optimizer": [o.state_dict() for o in s.optimizers], "scaler": s.scaler.state_dict(), "iter": s.it,
+             "tokens": s.tokens, "best_val": min(s.best_val, losses["val"]), "elapsed_s": run.elapsed(),
+             "batch_rng": [s.batches.gen.get_state()], **rng,
+             "meta": {k: v for k, v in run.meta.items() if k != "splits"}}
+    save_atomic(state, os.path.join(cfg.out_dir, CKPT_LAST))  # first: a kill between the two saves must not
+    if losses["val"] < s.best_val:                              # leave a best checkpoint newer than the latest
+        s.best_val = losses["val"]
+        save_atomic(state, os.path.join(cfg.out_dir, CKPT_BEST))
+
+
+def log_step(cfg, env, s, run, loss_sum, bad_step, lr):
+    """The training loss (the mean over every micro-step of every process), speed and time left."""
+    if env.world > 1:
+        torch.distributed.all_reduce(loss_sum)
+    train_loss = loss_sum.item() / cfg.grad_accum
+    stop_if_diverged(cfg, s, bad_step)
+    now = time.time()
+    dt = (now - run.t_last) / max(s.it - run.it_last, 1)
+    tok_s = run.tokens_per_step / dt
+    run.t_last, run.it_last = now, s.it
+    elapsed = run.elapsed()
+    left = f" | left {fmt_time(cfg.time_budget * 60 - elapsed)}" if cfg.time_budget > 0 else ""
+    left += f" | {s.skipped} fp16 steps skipped" if s.skipped else ""
+    print0(f"step {s.it} | loss {train_loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | {dt * 1000:.1f} ms/step"
+           f" | elapsed {fmt_time(elapsed)}{left}")
+    run.log("train", step=s.it, tokens=s.tokens, loss=train_loss, lr=lr, tokens_per_s=round(tok_s),
+            ms_per_step=round(dt * 1000, 2), elapsed_s=round(elapsed, 2), skipped_steps=s.skipped)
+
+
+def finish(cfg, env, s, run, meta, data_dir):
+    """Tear down DDP, then (rank 0) score the best checkpoint on the full splits and write the results."""
+    wall = run.elapsed()
+    if env.world > 1:
         torch.distributed.barrier()  # no process tears down its connections while another still uses them
         torch.distributed.destroy_process_group()
-    if not master:
+    if not env.master:
         return None
     try:
-        results = final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params)
+        results = final_evaluation(cfg, meta, data_dir, env.device, env.dtype, s.tokens, s.it, wall,
+                                   s.model.num_params())
     except OSError as e:  # e.g. disk full: the checkpoints are saved, only the report is missing
         raise UserError(f"could not write the results in {cfg.out_dir}: {e.strerror or e}; the checkpoints are "
                         f"saved, so free some space and run again with --init_from=resume to evaluate") from None
-    run.log("final", step=it, tokens=tokens_seen, **{k: v for k, v in results.items() if isinstance(v, float)})
+    run.log("final", step=s.it, tokens=s.tokens, **{k: v for k, v in results.items() if isinstance(v, float)})
     run.finish()
     return results
 
@@ -836,21 +980,21 @@ def lr_find(cfg):
     batches = Batches(prepare.open_split(data_dir, "train"), cfg.block_size, cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(device)
-    optimizer = make_optimizer(cfg, model, device)
+    optimizers = make_optimizers(cfg, model, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-    momentum = get_momentum(0.0, dataclasses.replace(cfg, schedule="constant"))
+    constant = dataclasses.replace(cfg, schedule="constant")
     growth = (cfg.lr_find_max / cfg.lr_find_min) ** (1 / (cfg.lr_find_iters - 1))
     lrs, losses, avg, best, diverged = [], [], 0.0, float("inf"), False
     print0(f"LR range test: {cfg.lr_find_min:.1e} -> {cfg.lr_find_max:.1e} over {cfg.lr_find_iters} steps")
     for i in range(cfg.lr_find_iters):
         lr = cfg.lr_find_min * growth ** i
-        set_schedule(optimizer, lr, momentum)
+        set_schedule(optimizers, lr, 0.0, constant)
         for _ in range(cfg.grad_accum):
             x, y = (t.to(device) for t in batches.next())
             with autocast(device, dtype):
                 loss = objective(model, x, y, cfg)
             scaler.scale(loss / cfg.grad_accum).backward()
-        optimizer_step(optimizer, scaler, model, cfg.grad_clip)
+        optimizer_step(optimizers, scaler, model, cfg.grad_clip)
         value = loss.item()
         if not math.isfinite(value):
             diverged = True

@@ -207,7 +207,7 @@ def test_fp16_skipped_steps_are_counted_not_treated_as_nan(data, tmp_path, monke
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 40))
     run_train(data, out, "--max_iters=30", "--eval_interval=30", "--log_interval=30")
     skipped = events(out, "train")[-1]["skipped_steps"]
-    state = torch.load(out / "last.pt", weights_only=False)["optimizer"]["state"][0]
+    state = torch.load(out / "last.pt", weights_only=False)["optimizer"][-1]["state"][0]
     assert 0 < skipped < 30 and int(state["step"]) == 30 - skipped  # AdamW stepped exactly the other times
 
 

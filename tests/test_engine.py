@@ -97,9 +97,9 @@ def test_schedules_end_with_the_time_budget():
 
 
 def test_bad_engine_settings_are_user_errors(monkeypatch):
-    with pytest.raises(UserError, match="schedule must be one of cosine, onecycle"):
+    with pytest.raises(UserError, match="schedule must be one of wsd, cosine, onecycle"):
         cfg_of("--schedule=linear")
-    with pytest.raises(UserError, match="optimizer must be adamw or sgd"):
+    with pytest.raises(UserError, match="optimizer must be one of muon, adamw, sgd"):
         cfg_of("--optimizer=adam")
     with pytest.raises(UserError, match="compile must be bool"):
         cfg_of("--compile=maybe")
@@ -182,9 +182,9 @@ def test_onecycle_momentum_cycles_in_the_optimizer(corpus, tmp_path, monkeypatch
     seen = []
     apply = train.set_schedule
 
-    def recorded(optimizer, lr, momentum):
-        apply(optimizer, lr, momentum)
-        seen.append([(g["lr"], g["momentum"]) for g in optimizer.param_groups])
+    def recorded(optimizers, lr, progress, cfg):
+        apply(optimizers, lr, progress, cfg)
+        seen.append([(g["lr"], g["momentum"]) for o in optimizers for g in o.param_groups])
     monkeypatch.setattr(train, "set_schedule", recorded)
     run_train(corpus, tmp_path / "run", "--optimizer=sgd", "--schedule=onecycle", "--lr=0.1", "--max_iters=20",
               "--eval_interval=20", "--momentum=0.9", "--momentum_min=0.8", "--cycle_rise=0.25")
@@ -245,8 +245,8 @@ def test_fine_tune_from_a_run_dir_onto_new_data_with_the_same_tokenizer(corpus, 
     run_train(corpus, scratch, "--max_iters=1", "--eval_interval=1", dataset="other_b")
     assert first_eval["val_loss"] < events(scratch, "eval")[0]["val_loss"] - 0.5  # started from trained weights
     ckpt = torch.load(tuned / "last.pt", weights_only=False)
-    assert ckpt["optimizer"]["state"][0]["step"] == 6  # a fresh optimizer (the base's had 30 steps)
-    assert base_ckpt["optimizer"]["state"][0]["step"] == 30
+    assert ckpt["optimizer"][-1]["state"][0]["step"] == 6  # a fresh optimizer (the base's had 30 steps)
+    assert base_ckpt["optimizer"][-1]["state"][0]["step"] == 30
     with pytest.raises(UserError, match="trained on a byte vocabulary of 256.*has char with"):
         run_train(corpus, tmp_path / "bad", "--max_iters=2", f"--init_from={base}", dataset="code")
     with pytest.raises(UserError, match="init_from=nowhere is neither"):
