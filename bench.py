@@ -6,6 +6,8 @@ Throughput on this machine: training, tokenizers and generation.
     python bench.py tokenize           # prepare.benchmark(): tokenizer MB/s, streaming peak memory
     python bench.py generate           # sample.benchmark(), where sample.py has one
     python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
+    python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
+    python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
 
 The training benchmark times full optimizer steps (forward, backward, clipping, fused AdamW) of two
 shapes with random tokens: the quickstart GPT (config/quickstart.py) and GPT-2 small (124M; on a CPU with
@@ -13,9 +15,18 @@ a short 256-token sequence and batch 1). Every setting (fp32 eager, bf16 autocas
 default train.py picks) shares one model and is measured interleaved, round by round, so a busy machine
 slows them alike; the best round counts. MFU is model FLOPs (6 per parameter per token plus attention)
 per second over the peak matmul throughput of the same dtype, measured here with a large matmul.
+
+The budget benchmark runs `python train.py` once per recipe (and repeat, interleaved) on one prepared
+dataset with one wall-clock budget, evaluating only at the start and the end, and tabulates steps,
+tokens seen, tokens/s and the best checkpoint's loss on the whole val split (train.py's final
+evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
+our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, and the defaults.
 """
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +37,24 @@ from configurator import UserError, cli, load_config
 from train import (TrainConfig, autocast, build_model, make_optimizers, model_args, objective, optimizer_step,
                    resolve_compile, resolve_device, resolve_dtype)
 
-WHAT = ("train", "tokenize", "generate")
+WHAT = ("train", "tokenize", "generate", "budget")
+ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget takes minutes per recipe
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+# GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
+GPT2_RECIPE = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--activation=gelu", "--zero_init=False",
+               "--logit_softcap=0", "--tie_weights=True", "--bias=True", "--optimizer=adamw", "--schedule=cosine",
+               "--beta2=0.99", "--weight_decay=0.1", "--grad_clip=1.0"]
+# train.py flags on top of TrainConfig's defaults; every recipe trains the same 4 x 128 model
+RECIPES = {
+    # nanoGPT's README CPU recipe (shakespeare_char on a laptop): batch 12 x 64, lr 1e-3 -> 1e-4, 100 warmup steps
+    "nanogpt": GPT2_RECIPE + ["--batch_size=12", "--block_size=64", "--lr=1e-3", "--min_lr=1e-4",
+                              "--warmup_iters=100"],
+    # the same architecture and optimizer with the batch, context and LR that did best at 1.5-10 CPU minutes
+    "gpt2-tuned": GPT2_RECIPE + ["--batch_size=16", "--block_size=64", "--lr=2e-3", "--min_lr=2e-4",
+                                 "--warmup_iters=50"],
+    "default": [],  # TrainConfig as it is
+}
 
 
 @dataclass
@@ -35,6 +63,10 @@ class BenchConfig:
     steps: int = 3  # timed rounds; each setting takes one step per round
     compile: bool = True  # include the torch.compile settings (compiling takes ~1 min per model on a CPU)
     big: bool = True  # include the GPT-2 small shape
+    dataset: str = "pycode"  # budget: the prepared dataset every recipe trains on
+    budget: float = 2.5  # budget: minutes of training per run
+    repeats: int = 1  # budget: runs per recipe (interleaved rounds; min and median reported)
+    recipes: str = "nanogpt,gpt2-tuned,default"  # budget: comma-separated names from RECIPES
     threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
     seed: int = 0
 
@@ -64,7 +96,8 @@ def sync(device):
 
 def flops_per_token(model, cfg, T):
     """Training FLOPs per token: 6 per matmul weight (forward 2, backward 4) plus attention's QK^T and AV."""
-    n = model.num_params() - model.wpe.weight.numel()  # the position table is a lookup, not a matmul
+    wpe = getattr(model, "wpe", None)  # a learned position table is a lookup, not a matmul
+    n = model.num_params() - (wpe.weight.numel() if wpe is not None else 0)
     return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
 
 
@@ -182,12 +215,55 @@ def bench_generate(bc):
     return sample.benchmark()  # prints its own table
 
 
+def bench_budget(bc):
+    """Every recipe trained for bc.budget minutes on bc.dataset; one table of what each bought."""
+    names = [n for n in bc.recipes.split(",") if n]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not names or bc.budget <= 0 or bc.repeats < 1:
+        raise UserError(f"budget needs --recipes from {', '.join(RECIPES)} (got {bc.recipes!r}), --budget > 0 "
+                        f"minutes and --repeats >= 1")
+    if not os.path.isfile(os.path.join(REPO, "data", bc.dataset, "meta.json")):
+        if bc.dataset != "pycode":
+            raise UserError(f"dataset {bc.dataset} is not prepared: run python prepare.py ... first (see README)")
+        subprocess.run([sys.executable, "prepare.py", "pycode"], cwd=REPO, check=True)
+    root = os.path.join(REPO, "out", f"bench-budget-{bc.dataset}-{bc.budget:g}m")
+    print(f"\nloss at equal wall clock: {bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe "
+          f"-> {root}", flush=True)
+    runs = {n: [] for n in names}
+    for r in range(bc.repeats):  # interleaved: a slow spell of a shared machine hits every recipe alike
+        for name in names:
+            out = os.path.join(root, f"{name}-{r}")
+            shutil.rmtree(out, ignore_errors=True)
+            argv = [sys.executable, "train.py", f"--dataset={bc.dataset}", f"--out_dir={out}", f"--device={bc.device}",
+                    f"--time_budget={bc.budget}", "--max_iters=100000000", "--eval_interval=100000000",
+                    "--log_interval=100", "--final_eval_tokens=0", *RECIPES[name]]
+            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+            if done.returncode:
+                raise UserError(f"recipe {name} failed: {done.stderr.strip().splitlines()[-1:]}")
+            with open(os.path.join(out, "results.json")) as f:
+                runs[name].append(json.load(f))
+            res = runs[name][-1]
+            print(f"  {name} run {r}: {res['iters']} steps, val loss {res['val_loss']:.4f}", file=sys.stderr, flush=True)
+    lines = [f"| recipe | steps | tokens seen | tokens/s | val loss (min) | val loss (median) | val bits/byte |",
+             "|:---|--:|--:|--:|--:|--:|--:|"]
+    for name, results in runs.items():
+        best = min(results, key=lambda res: res["val_loss"])
+        lines.append(f"| {name} | {best['iters']:,} | {best['tokens_seen']:,} | "
+                     f"{best['tokens_seen'] / best['wall_time_s']:,.0f} | {best['val_loss']:.4f} | "
+                     f"{statistics.median(res['val_loss'] for res in results):.4f} | {best['val_bpb']:.4f} |")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(f"{bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe\n\n{table}\n")
+    return runs
+
+
 def main(argv):
     what = argv[0] if argv and not argv[0].startswith("--") else "all"
     if what not in WHAT + ("all",):
         raise UserError(f"unknown benchmark '{what}': use {', '.join(WHAT)} or all")
     bc = load_config(BenchConfig(), argv[1:] if argv and argv[0] == what else argv)
-    for name in WHAT if what == "all" else (what,):
+    for name in ALL if what == "all" else (what,):
         t = time.time()
         globals()[f"bench_{name}"](bc)
         print(f"({name}: {time.time() - t:.0f} s)", file=sys.stderr)

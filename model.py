@@ -123,8 +123,16 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm computed in fp32 and returned in the input's dtype, as autocast does for LayerNorm
+    (with a bf16 input and an fp32 gain, PyTorch falls back to a slow unfused kernel)."""
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).type_as(x)
+
+
 def make_norm(cfg, dim):
-    return nn.RMSNorm(dim) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+    return RMSNorm(dim) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -137,7 +145,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
         if cfg.qk_norm:  # bounded attention logits: every head's queries and keys get unit RMS (times a gain)
-            self.q_norm, self.k_norm = nn.RMSNorm(self.hs), nn.RMSNorm(self.hs)
+            self.q_norm, self.k_norm = RMSNorm(self.hs), RMSNorm(self.hs)
 
     def forward(self, x, cache=None, rope=None):
         B, T, C = x.size()
