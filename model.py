@@ -17,6 +17,7 @@ rnn.py's models have the same interface, so train.py, sample.py and the tests ne
 """
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,8 @@ INIT_STD = 0.02  # GPT-2's weight init
 ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
 SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
 POS_EMBS = ("learned", "sinusoidal", "rope")
+# the MLP's nonlinearity: exact GELU, or the tanh approximation GPT-2 was trained with
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh")}
 
 
 @dataclass
@@ -43,6 +46,7 @@ class GPTConfig:
     n_kv_head: int = 0  # key/value heads: 0 = n_head (standard), 1 = multi-query, else grouped-query
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * n_embd
     tie_weights: bool = True  # the output layer shares the token embedding's weights
+    activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -53,6 +57,8 @@ class GPTConfig:
             raise UserError(f"pos_emb=rope needs an even head size, but n_embd/n_head = {self.n_embd // self.n_head}")
         if not 0 <= self.n_kv_head <= self.n_head or self.n_head % max(self.n_kv_head, 1):
             raise UserError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head)")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not '{self.activation}'")
 
     @property
     def kv_heads(self):
@@ -146,9 +152,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):

@@ -63,6 +63,7 @@ class TrainConfig:
     pos_emb: str = "learned"  # gpt: learned | sinusoidal | rope
     n_kv_head: int = 0  # gpt: key/value heads; 0 = n_head, 1 = multi-query, else grouped-query
     mlp_ratio: float = 4.0  # gpt: MLP width / n_embd
+    activation: str = "gelu"  # gpt: MLP nonlinearity, gelu | gelu_tanh (GPT-2's tanh approximation)
     n_hidden: int = 512  # lstm/gru units per layer
     tie_weights: bool = True  # output layer shares the embedding (lstm/gru: through a projection if needed)
     # optimization
