@@ -27,6 +27,8 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import sys
 import time
@@ -400,8 +402,15 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain Python values only, so a shared checkpoint cannot run code when loaded
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            calls = re.search(r"GLOBAL (\S+)", str(e))
+            raise UserError(f"refused to load {path}: it holds Python objects, not only tensors and plain values"
+                            f"{f' (it calls {calls[1]})' if calls else ''}, and loading them could run code; this "
+                            f"project's checkpoints never do, so it was made elsewhere or tampered with (nothing in "
+                            f"it was run)") from None
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
                         f"use the other checkpoint in its folder or retrain") from None
     needed = {"config", "model_kind", "model_args", "model", "meta"}
