@@ -191,7 +191,7 @@ def export_problems(kind, args, meta):
     """What GPT-2's Hugging Face format cannot express about a run, as phrases; empty if it can be exported.
     Options are read with their GPT-2 defaults, so a checkpoint older than an option reads as GPT-2."""
     if kind != "gpt":
-        return [f"an {kind.upper()} (the format holds GPT-2 transformers)"]
+        return [f"{ {'lstm': 'an LSTM', 'gru': 'a GRU'}.get(kind, kind)} (the format holds GPT-2 transformers)"]
     problems = []
     if args.get("pos_emb", "learned") != "learned":
         problems.append(f"pos_emb={args['pos_emb']} (GPT-2 learns its position embeddings)")
