@@ -94,7 +94,8 @@ def test_import_reads_openai_s_layout_and_sharded_weights(tmp_path):
     openai = tmp_path / "openai"
     openai.mkdir()
     (openai / "config.json").write_bytes((tmp_path / "plain" / "config.json").read_bytes())
-    weights = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "plain" / "model.safetensors").items()}
+    weights = load_file(tmp_path / "plain" / "model.safetensors")
+    weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
     mask = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
     weights.update({f"h.{i}.attn.bias": mask.clone() for i in range(TINY_GPT2["n_layer"])})
     save_file({k: v.contiguous() for k, v in weights.items()}, openai / "model.safetensors")
