@@ -30,7 +30,7 @@ class ExportConfig:
 
 
 def export(cfg):
-    """Write the run's checkpoint as a Hugging Face directory; returns (directory, file names)."""
+    """Write the run's checkpoint as a Hugging Face directory; returns (directory, file names, tokenizer)."""
     path = os.path.join(cfg.out_dir, cfg.ckpt)
     ckpt = load_checkpoint(path)
     problems = hf.export_problems(ckpt["model_kind"], ckpt["model_args"], ckpt["meta"])
@@ -42,12 +42,16 @@ def export(cfg):
         files = hf.save_pretrained(model_from_checkpoint(ckpt), ckpt["meta"], to)
     except OSError as e:
         raise UserError(f"cannot write {to}: {e.strerror or e}; pick another --to") from None
-    return to, files
+    return to, files, ckpt["meta"]["tokenizer"]
 
 
 def main(argv):
-    to, files = export(load_config(ExportConfig(), argv))
+    to, files, tokenizer = export(load_config(ExportConfig(), argv))
     print(f"wrote {to}: {', '.join(files)}")
+    if tokenizer == "byte":
+        print("no tokenizer files: the token ids are the text's UTF-8 bytes")
+    elif tokenizer != "gpt2":
+        print(f"no tokenizer files: load the run's tokenizer with AutoTokenizer.from_pretrained({tokenizer[3:]!r})")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained({to!r})")
 
 

@@ -192,6 +192,21 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
         assert torch.allclose(again(idx)[0], ours(idx)[0], rtol=0, atol=1e-6)
 
 
+def test_a_byte_level_run_exports_without_tokenizer_files(tmp_path, capsys):
+    data = prepare_text(tmp_path, "code", code_text()[:30_000], tokenizer="byte")
+    train.train(load_config(train.TrainConfig(), flags(data, tmp_path / "run", "--max_iters=2")))
+    capsys.readouterr()
+    export.main([f"--out_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'run' / 'hf'}: config.json, model.safetensors\n" in out
+    assert "no tokenizer files: the token ids are the text's UTF-8 bytes" in out
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf").eval()
+    ours = train.model_from_checkpoint(train.load_checkpoint(tmp_path / "run" / "ckpt.pt")).eval()
+    idx = torch.tensor([list("def f(x):".encode())])
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() < ATOL
+
+
 def test_tokenizer_files_are_openai_s(shared_dir, gpt2_offline):
     """vocab.json and merges.txt rebuilt from tiktoken are OpenAI's encoder.json and vocab.bpe."""
     vocab, merges = hf.gpt2_tokenizer_files()
