@@ -37,13 +37,12 @@ WAY_OUT = ("download config.json and model.safetensors of {repo} where there is 
            "then pass init_from=hf:DIR")
 
 
-def hf_name(name):
-    """Our state_dict key -> GPT-2's: blocks.0.attn.qkv.weight -> transformer.h.0.attn.c_attn.weight."""
-    if name == "lm_head.weight":
-        return name
+def gpt2_name(name):
+    """Our state_dict key -> GPT-2's (inside `transformer.`, but for lm_head): blocks.0.attn.qkv.weight ->
+    h.0.attn.c_attn.weight."""
     for ours, theirs in RENAMES:
         name = name.replace(ours, theirs)
-    return "transformer." + name
+    return name
 
 
 def is_pretrained(init_from):
@@ -83,8 +82,11 @@ def pretrained_files(init_from):
         if not os.path.isfile(path("config.json")):
             raise UserError(f"{where} has no config.json, so it is not a Hugging Face model directory")
         if os.path.isfile(path("model.safetensors.index.json")):  # sharded
-            with open(path("model.safetensors.index.json")) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            try:
+                with open(path("model.safetensors.index.json")) as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError) as e:
+                raise UserError(f"cannot read {path('model.safetensors.index.json')} ({type(e).__name__})") from None
             return where, path("config.json"), [path(s) for s in shards]
         if not os.path.isfile(path("model.safetensors")):
             also = " (only pytorch_model.bin, a pickle: save it again with safe_serialization=True)" \
@@ -98,25 +100,26 @@ def pretrained_files(init_from):
     return repo, hub_download(repo, "config.json"), [hub_download(repo, "model.safetensors")]
 
 
-def model_args_from_hf(hf, where):
+def model_args_from_hf(config, where):
     """Our GPTConfig fields for a GPT-2 config.json (a dict), or a UserError saying why it is not one."""
-    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
-        kind = hf.get("model_type") if isinstance(hf, dict) else None
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        kind = config.get("model_type") if isinstance(config, dict) else None
         raise UserError(f"{where} holds a {kind or 'model of no model_type'}, not GPT-2: init_from=hf:DIR takes "
                         f"GPT-2-shaped Hugging Face directories (model_type gpt2)")
-    act = hf.get("activation_function", "gelu_new")
+    act = config.get("activation_function", "gelu_new")
     unsupported = [f"activation_function={act}"] if act not in FROM_HF_ACTIVATION else []
-    unsupported += [f"{k}={hf[k]}" for k, ok in [("layer_norm_epsilon", LAYER_NORM_EPS), ("scale_attn_weights", True),
-                                                 ("scale_attn_by_inverse_layer_idx", False),
-                                                 ("add_cross_attention", False)] if hf.get(k, ok) != ok]
+    unsupported += [f"{k}={config[k]}" for k, ok in [("layer_norm_epsilon", LAYER_NORM_EPS),
+                                                     ("scale_attn_weights", True), ("add_cross_attention", False),
+                                                     ("scale_attn_by_inverse_layer_idx", False)]
+                    if config.get(k, ok) != ok]
     if unsupported:
         raise UserError(f"{where} is a GPT-2 variant our GPT cannot run: {', '.join(unsupported)}")
     try:
-        n_embd = int(hf["n_embd"])
-        args = dict(vocab_size=int(hf["vocab_size"]), block_size=int(hf["n_positions"]), n_layer=int(hf["n_layer"]),
-                    n_head=int(hf["n_head"]), n_embd=n_embd, bias=True, pos_emb="learned", n_kv_head=0,
-                    mlp_ratio=(hf.get("n_inner") or 4 * n_embd) / n_embd,
-                    tie_weights=bool(hf.get("tie_word_embeddings", True)), activation=FROM_HF_ACTIVATION[act])
+        n_embd = int(config["n_embd"])
+        args = dict(vocab_size=int(config["vocab_size"]), block_size=int(config["n_positions"]),
+                    n_layer=int(config["n_layer"]), n_head=int(config["n_head"]), n_embd=n_embd, bias=True,
+                    pos_emb="learned", n_kv_head=0, mlp_ratio=(config.get("n_inner") or 4 * n_embd) / n_embd,
+                    tie_weights=bool(config.get("tie_word_embeddings", True)), activation=FROM_HF_ACTIVATION[act])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{where}'s config.json lacks a usable {e} (a GPT-2 config has vocab_size, n_positions, "
                         f"n_layer, n_head, n_embd)") from None
@@ -142,39 +145,36 @@ def load_pretrained(init_from, block_size=0, dropout=0.0):
     where, config_path, files = pretrained_files(init_from)
     try:
         with open(config_path, encoding="utf-8") as f:
-            hf = json.load(f)
+            config = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {config_path}: {e}") from None
-    args = {**model_args_from_hf(hf, where), "dropout": dropout}
+    args = {**model_args_from_hf(config, where), "dropout": dropout}
     weights = read_weights(files)
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(GPTConfig(**args)).state_dict().items()}
-    state, missing = {}, []
-    for name, shape in expected.items():
-        key = "wte.weight" if name == "lm_head.weight" and args["tie_weights"] else hf_name(name).removeprefix(
-            "transformer.")
-        if key not in weights:
-            missing.append(key)
-            continue
-        w = weights[key].t() if name.endswith(TRANSPOSED) else weights[key]
-        if w.shape != shape:
-            raise UserError(f"{where} is not GPT-2-shaped: {key} is {tuple(weights[key].shape)} but its config.json "
-                            f"makes it {tuple(shape)}{' transposed' if name.endswith(TRANSPOSED) else ''}")
-        state[name] = w
-    extra = set(weights) - {hf_name(k).removeprefix("transformer.") for k in expected} - {"lm_head.weight"}
-    extra = sorted(k for k in extra if not k.endswith(IGNORED))
+    tied = args["tie_weights"]
+    missing = [gpt2_name(k) for k in expected if gpt2_name(k) not in weights and not (k == "lm_head.weight" and tied)]
+    extra = sorted(k for k in set(weights) - {gpt2_name(k) for k in expected} if not k.endswith(IGNORED))
     if missing or extra:
-        what = (f"lacks {', '.join(missing[:3])}" if missing else "") + (" and " if missing and extra else "") + \
-               (f"has weights GPT-2 does not ({', '.join(extra[:3])})" if extra else "")
-        raise UserError(f"{where} is not GPT-2-shaped: its model.safetensors {what}")
-    if 0 < block_size < args["block_size"]:
+        raise UserError(f"{where} is not GPT-2-shaped: its weights " + (f"lack {', '.join(missing[:3])}" if missing
+                        else f"include {', '.join(extra[:3])}, which GPT-2's do not"))
+    state = {}
+    for name, shape in expected.items():
+        key = "wte.weight" if name == "lm_head.weight" and tied else gpt2_name(name)
+        flip = name.endswith(TRANSPOSED)  # Conv1D: (in, out)
+        if weights[key].shape != (shape[::-1] if flip else shape):
+            raise UserError(f"{where} is not GPT-2-shaped: {key} is {tuple(weights[key].shape)}, but its "
+                            f"config.json makes it {tuple(shape[::-1] if flip else shape)}")
+        state[name] = weights[key].t() if flip else weights[key]
+    n_positions = args["block_size"]
+    if 0 < block_size < n_positions:
         args["block_size"] = block_size
         state["wpe.weight"] = state["wpe.weight"][:block_size]
     gpt2_vocab = args["vocab_size"] == GPT2_VOCAB  # then it reads GPT-2's tokens, as OpenAI's and our exports do
     meta = {"dataset": where, "tokenizer": "gpt2" if gpt2_vocab else None, "vocab_size": args["vocab_size"],
             "eot_token": GPT2_EOT if gpt2_vocab else None, "pretrained": init_from}
     return {"model_kind": "gpt", "model_args": args, "model": state, "meta": meta, "iter": 0,
-            "config": {"dataset": where, "block_size": args["block_size"], "n_positions": int(hf["n_positions"])}}
+            "config": {"dataset": where, "block_size": args["block_size"], "n_positions": n_positions}}
 
 
 def require_gpt2_tokens(ckpt):
@@ -235,10 +235,11 @@ def hf_state_dict(model):
     for name, w in ours.items():
         if name == "lm_head.weight" and model.cfg.tie_weights:
             continue  # GPT-2 ties it to wte on load
-        out[hf_name(name)] = (w.t() if name.endswith(TRANSPOSED) else w).contiguous()
+        where = "" if name == "lm_head.weight" else "transformer."
+        out[where + gpt2_name(name)] = (w.t() if name.endswith(TRANSPOSED) else w).contiguous()
         bias = name.removesuffix("weight") + "bias"  # bias=False: GPT-2 always has one, so zeros
         if name.startswith(("blocks.", "ln_f.")) and name.endswith("weight") and bias not in ours:
-            out[hf_name(bias)] = torch.zeros(w.shape[0], dtype=w.dtype)
+            out[where + gpt2_name(bias)] = torch.zeros(w.shape[0], dtype=w.dtype)
     return out
 
 

@@ -260,14 +260,20 @@ def test_bad_gpt2_names_and_directories(tmp_path, gpt2_data, capsys, monkeypatch
     wider = write("wider", {**config, "n_embd": 64}, good)
     variant = write("variant", {**config, "scale_attn_by_inverse_layer_idx": True}, good)
     no_weights = write("no_weights", config)
+    from safetensors.torch import load_file, save_file
+    lacking = write("lacking", config)
+    save_file({k: v for k, v in load_file(good / "model.safetensors").items() if "h.1.ln_2" not in k},
+              lacking / "model.safetensors")
     (no_weights / "pytorch_model.bin").write_bytes(b"")
     out = tmp_path / "out"
     for argv, message in [
         (["--init_from=gpt2-small"], "unknown GPT-2 model 'gpt2-small': use gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
                                      "or hf:DIR for a local Hugging Face directory"),
         ([f"--init_from=hf:{llama}"], f"{llama} holds a llama, not GPT-2: init_from=hf:DIR takes GPT-2-shaped"),
-        ([f"--init_from=hf:{wider}"], f"{wider} is not GPT-2-shaped: wte.weight is (96, 32) but its config.json "
+        ([f"--init_from=hf:{wider}"], f"{wider} is not GPT-2-shaped: wte.weight is (96, 32), but its config.json "
                                       f"makes it (96, 64)"),
+        ([f"--init_from=hf:{lacking}"], f"{lacking} is not GPT-2-shaped: its weights lack h.1.ln_2.weight, "
+                                        f"h.1.ln_2.bias"),
         ([f"--init_from=hf:{variant}"], "is a GPT-2 variant our GPT cannot run: scale_attn_by_inverse_layer_idx=True"),
         ([f"--init_from=hf:{no_weights}"], "has no model.safetensors (only pytorch_model.bin, a pickle: save it "
                                            "again with safe_serialization=True)"),
