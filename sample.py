@@ -9,12 +9,13 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which), and ben
     python sample.py --bench=True                      # decode tokens/s, cached vs uncached (random weights)
     python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
 
-The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it); GPT-2's weights use
-gpt2's. Temperature divides the logits; top_k keeps the k likeliest tokens and top_p the smallest set
-whose probability reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch; each stops at the
+The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
+divides the logits; top_k keeps the k likeliest tokens and top_p the smallest set whose probability
+reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch; each stops at the
 stop string (backslash escapes understood; the string is trimmed off) or at the tokenizer's
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
 token by token as it is generated. Prefill and decode speeds are reported after generating.
+With --init_from (GPT-2's weights, see hf.py) there is no checkpoint: the tokenizer is gpt2.
 """
 import json
 import os
