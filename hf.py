@@ -33,8 +33,6 @@ RENAMES = [("blocks.", "h."), (".ln1.", ".ln_1."), (".ln2.", ".ln_2."), (".attn.
            (".attn.proj.", ".attn.c_proj."), (".mlp.fc.", ".mlp.c_fc."), (".mlp.proj.", ".mlp.c_proj.")]
 TRANSPOSED = (".qkv.weight", ".proj.weight", ".fc.weight")
 IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some GPT-2 files carry
-WAY_OUT = ("download config.json and model.safetensors of {repo} where there is a network, "
-           "then pass init_from=hf:DIR")
 
 
 def gpt2_name(name):
@@ -66,7 +64,8 @@ def hub_download(repo, filename):
         return huggingface_hub.hf_hub_download(repo, filename)
     except Exception as e:
         raise UserError(f"could not download {filename} of {repo} from the Hugging Face Hub ({type(e).__name__}) "
-                        f"and it is not cached: connect to the network once, or " + WAY_OUT.format(repo=repo)) from None
+                        f"and it is not cached: connect to the network once, or download config.json and "
+                        f"model.safetensors of {repo} where there is a network, then pass init_from=hf:DIR") from None
     finally:
         quiet.setLevel(level)
 
