@@ -1,7 +1,7 @@
 # Make chains the stages: deps -> data -> train -> sample. Each stage is one Python file.
 #
 #   make                       install, prepare pycode, train config/quickstart.py, print samples
-#   make test                  install, run the test suite (what CI runs)
+#   make test                  install (requirements.txt, then requirements-test.txt), run the test suite (CI)
 #   make data DATASET=enwik8   prepare a dataset (pycode, text, enwik8, wikitext2, plwiki); ARGS="--tokenizer=char"
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
 #   make sample OUT=out/quickstart ARGS="--temperature=1.5"
@@ -28,11 +28,13 @@ LSTM_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_lstm.py) config/quicksta
 
 ifeq ($(PYTHON),$(VENV)/bin/python)
 DEPS := $(VENV)/.installed
+TEST_DEPS := $(VENV)/.installed-test
 else
 DEPS := deps-external
+TEST_DEPS := deps-external-test
 endif
 
-.PHONY: all deps deps-external data train sample test bench compare clean
+.PHONY: all deps deps-external deps-external-test data train sample test bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
@@ -49,6 +51,13 @@ $(VENV)/.installed: requirements.txt
 deps-external:
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
 
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+deps-external-test:
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+
 data: $(DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) prepare.py $(DATASET) $(ARGS)
 
@@ -61,7 +70,7 @@ train: $(DEPS) $(if $(filter config/quickstart.py,$(CONFIG)),data/pycode/meta.js
 sample: $(DEPS)
 	$(PYTHON) sample.py --out_dir=$(OUT) $(ARGS)
 
-test: $(DEPS)
+test: $(TEST_DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
 
 bench: $(DEPS)

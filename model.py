@@ -20,6 +20,7 @@ rnn.py's models have the same interface, so train.py, sample.py and the tests ne
 """
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,8 @@ ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFor
 SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
 POS_EMBS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = {"gelu": F.gelu, "relu2": lambda x: F.relu(x).square()}
+# the MLP's nonlinearity: exact GELU, the tanh approximation GPT-2 was trained with, or ReLU squared
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu2": lambda x: F.relu(x).square()}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output layer shares the token embedding's weights
     norm: str = "layernorm"  # layernorm (with a bias when bias=True) | rmsnorm
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
-    activation: str = "gelu"  # the MLP's nonlinearity: gelu | relu2
+    activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation) | relu2
     zero_init: bool = False  # residual projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0 = off
 

@@ -7,6 +7,7 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which), and ben
     python sample.py --start=FILE:prompt.txt --max_new_tokens=1000 --seed=7 --stop='\\n\\n'
     python sample.py --prompts=prompts.txt --temperatures=0.5,1.0,1.5   # grid -> out_dir/generations.json
     python sample.py --bench=True                      # decode tokens/s, cached vs uncached (random weights)
+    python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
 
 The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
 divides the logits; top_k keeps the k likeliest tokens and top_p the smallest set whose probability
@@ -14,6 +15,7 @@ reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch;
 stop string (backslash escapes understood; the string is trimmed off) or at the tokenizer's
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
 token by token as it is generated. Prefill and decode speeds are reported after generating.
+With --init_from (GPT-2's weights, see hf.py) there is no checkpoint: the tokenizer is gpt2.
 """
 import json
 import os
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+import hf
 import prepare
 from configurator import UserError, cli, load_config
 from model import GPT, GPTConfig, KVCache, pick, stream
@@ -34,6 +37,7 @@ TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
 class SampleConfig:
     out_dir: str = "out/quickstart"
     ckpt: str = CKPT_BEST
+    init_from: str = ""  # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | hf:DIR: GPT-2's weights instead of a run
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 3
     max_new_tokens: int = 500
@@ -126,8 +130,15 @@ class Session:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.path = os.path.join(cfg.out_dir, cfg.ckpt)
-        self.ckpt = load_checkpoint(self.path)
+        if cfg.init_from:
+            if not cfg.init_from.startswith(("gpt2", "hf:")):
+                raise UserError(f"init_from={cfg.init_from}: give gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:DIR "
+                                f"(a run of yours is --out_dir=...)")
+            self.path, self.ckpt = cfg.init_from, hf.load_pretrained(cfg.init_from)
+            hf.require_gpt2_tokens(self.ckpt)
+        else:
+            self.path = os.path.join(cfg.out_dir, cfg.ckpt)
+            self.ckpt = load_checkpoint(self.path)
         self.tok = prepare.Tokenizer.from_meta(self.ckpt["meta"])
         self.model = model_from_checkpoint(self.ckpt).to(self.device).eval()
 

@@ -6,6 +6,7 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
     python train.py --init_from=resume                # continue out_dir's run exactly where it stopped
     python train.py config/char_enwik8.py --lr_find=True          # LR range test: out_dir/lr_find.png
     python train.py --dataset=mine --init_from=out/quickstart     # fine-tune a run on new data, same tokenizer
+    python train.py --dataset=mine --init_from=gpt2 --out_dir=out/ft   # fine-tune OpenAI's GPT-2 (gpt2 tokens)
     torchrun --standalone --nproc_per_node=4 train.py config/plwiki_gpt.py   # DDP on one node
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         train.py config/plwiki_gpt.py                 # DDP on two nodes (run on each, R = 0 and 1)
@@ -27,6 +28,8 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import sys
 import time
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import hf
 import prepare
 from configurator import UserError, cli, load_config
 from model import build_model, config_fields
@@ -51,7 +55,7 @@ class TrainConfig:
     dataset: str = "pycode"
     data_dir: str = "data"
     out_dir: str = "out/quickstart"
-    init_from: str = "scratch"  # scratch | resume | a run dir or checkpoint file to fine-tune from
+    init_from: str = "scratch"  # scratch | resume | a run dir or checkpoint to fine-tune | gpt2* | hf:DIR (hf.py)
     # model
     model: str = "gpt"  # gpt | lstm | gru
     n_layer: int = 4
@@ -67,7 +71,7 @@ class TrainConfig:
     tie_weights: bool = True  # output layer shares the embedding (lstm/gru: through a projection if needed)
     norm: str = "layernorm"  # gpt: layernorm | rmsnorm
     qk_norm: bool = False  # gpt: RMSNorm on each head's queries and keys
-    activation: str = "gelu"  # gpt: the MLP's nonlinearity, gelu | relu2 (ReLU squared)
+    activation: str = "gelu"  # gpt: the MLP's nonlinearity, gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared)
     zero_init: bool = False  # gpt: residual projections (and an untied head) start at zero
     logit_softcap: float = 0.0  # gpt: logits = c * tanh(logits / c) for c > 0; 0 = off
     # optimization
@@ -451,8 +455,15 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain Python values only, so a shared checkpoint cannot run code when loaded
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            calls = re.search(r"GLOBAL (\S+)", str(e))
+            raise UserError(f"refused to load {path}: it holds Python objects, not only tensors and plain values"
+                            f"{f' (it calls {calls[1]})' if calls else ''}, and loading them could run code; this "
+                            f"project's checkpoints never do, so it was made elsewhere or tampered with (nothing in "
+                            f"it was run)") from None
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
                         f"use the other checkpoint in its folder or retrain") from None
     needed = {"config", "model_kind", "model_args", "model", "meta"}
@@ -463,7 +474,15 @@ def load_checkpoint(path, map_location="cpu"):
 
 def load_start_checkpoint(cfg):
     """The checkpoint init_from names: out_dir's last.pt for resume (else its ckpt.pt), or for a fine-tune
-    a checkpoint file or a run directory (its best checkpoint, ckpt.pt)."""
+    a checkpoint file or a run directory (its best checkpoint, ckpt.pt), or GPT-2's weights (gpt2*, hf:DIR: see
+    hf.py) with their context cropped to block_size."""
+    if hf.is_pretrained(cfg.init_from):
+        ckpt = hf.load_pretrained(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout)
+        full, kept = ckpt["config"]["n_positions"], ckpt["config"]["block_size"]
+        if kept < full:
+            print0(f"{cfg.init_from}: context cropped to block_size={kept} of its {full} positions "
+                   f"(--block_size={full} keeps them all)")
+        return ckpt
     if cfg.init_from == "resume":
         path, best = os.path.join(cfg.out_dir, CKPT_LAST), os.path.join(cfg.out_dir, CKPT_BEST)
         try:
@@ -483,6 +502,12 @@ def load_start_checkpoint(cfg):
 def check_same_tokenizer(ckpt, meta, data_dir):
     """A checkpoint only continues on data tokenized the same way (same kind, size and, if listed, vocabulary)."""
     old = ckpt["meta"]
+    if old.get("pretrained"):  # Hugging Face weights read GPT-2's tokens
+        hf.require_gpt2_tokens(ckpt)
+        if meta["tokenizer"] != "gpt2":
+            raise UserError(f"{old['pretrained']}'s weights read GPT-2's tokens, but {data_dir} is tokenized with "
+                            f"{meta['tokenizer']}: prepare it with --tokenizer=gpt2 "
+                            f"(python prepare.py text --input=FILE --tokenizer=gpt2)")
     if (old["tokenizer"], old["vocab_size"], old.get("vocab")) != (meta["tokenizer"], meta["vocab_size"], meta.get("vocab")):
         same_kind = old["tokenizer"] == meta["tokenizer"] and old["vocab_size"] == meta["vocab_size"]
         raise UserError(f"the checkpoint was trained on a {old['tokenizer']} vocabulary of {old['vocab_size']}"

@@ -193,9 +193,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
     with pytest.raises(UserError, match=r"training loss at step 14 is nan or inf: stopped without saving; "
                                         r"the last good checkpoint \(step 10\)"):
         run_train(data, out, "--max_iters=40", "--eval_interval=10", f"--log_interval={log_interval}")
-    last = torch.load(out / "last.pt", weights_only=False)
+    last = torch.load(out / "last.pt", weights_only=True)
     assert last["iter"] == 10 and all_finite(last["model"])  # the eval at step 20 did not save nan weights
-    assert all_finite(torch.load(out / "ckpt.pt", weights_only=False)["model"])
+    assert all_finite(torch.load(out / "ckpt.pt", weights_only=True)["model"])
     assert not (out / "results.json").exists()
     assert max(e["step"] for e in events(out)) == (20 if caught_at == "eval" else 10)  # nothing logged after
 
@@ -207,7 +207,7 @@ def test_fp16_skipped_steps_are_counted_not_treated_as_nan(data, tmp_path, monke
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 40))
     run_train(data, out, "--max_iters=30", "--eval_interval=30", "--log_interval=30")
     skipped = events(out, "train")[-1]["skipped_steps"]
-    state = torch.load(out / "last.pt", weights_only=False)["optimizer"][-1]["state"][0]
+    state = torch.load(out / "last.pt", weights_only=True)["optimizer"][-1]["state"][0]
     assert 0 < skipped < 30 and int(state["step"]) == 30 - skipped  # AdamW stepped exactly the other times
 
 

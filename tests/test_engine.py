@@ -234,7 +234,7 @@ def test_wandb_offline_run_is_written(corpus, tmp_path, monkeypatch):
 def test_fine_tune_from_a_run_dir_onto_new_data_with_the_same_tokenizer(corpus, tmp_path, capsys):
     base = tmp_path / "base"
     run_train(corpus, base, "--max_iters=30", "--eval_interval=30", dataset="code_b")
-    base_ckpt = torch.load(base / "ckpt.pt", weights_only=False)
+    base_ckpt = torch.load(base / "ckpt.pt", weights_only=True)
     tuned = tmp_path / "tuned"
     results = run_train(corpus, tuned, "--max_iters=6", "--eval_interval=3", f"--init_from={base}",
                         "--n_layer=3", "--lr=1e-3", dataset="other_b")
@@ -244,7 +244,7 @@ def test_fine_tune_from_a_run_dir_onto_new_data_with_the_same_tokenizer(corpus, 
     scratch = tmp_path / "scratch"
     run_train(corpus, scratch, "--max_iters=1", "--eval_interval=1", dataset="other_b")
     assert first_eval["val_loss"] < events(scratch, "eval")[0]["val_loss"] - 0.5  # started from trained weights
-    ckpt = torch.load(tuned / "last.pt", weights_only=False)
+    ckpt = torch.load(tuned / "last.pt", weights_only=True)
     assert ckpt["optimizer"][-1]["state"][0]["step"] == 6  # a fresh optimizer (the base's had 30 steps)
     assert base_ckpt["optimizer"][-1]["state"][0]["step"] == 30
     with pytest.raises(UserError, match="trained on a byte vocabulary of 256.*has char with"):
@@ -267,7 +267,7 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
     monkeypatch.setattr(train.torch, "compile", lambda m: compile_(m, backend="eager"))  # dynamo's wrapper, no codegen
     out = tmp_path / "run"
     run_train(corpus, out, "--max_iters=2", "--eval_interval=2", "--compile=True")
-    keys = set(torch.load(out / "ckpt.pt", weights_only=False)["model"])
+    keys = set(torch.load(out / "ckpt.pt", weights_only=True)["model"])
     fresh = train.build_model("gpt", dict(vocab_size=94, block_size=32, n_layer=2, n_head=2, n_embd=32))
     assert keys == set(fresh.state_dict()) and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
 
@@ -301,7 +301,7 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     assert np.allclose(a, b, rtol=0, atol=1e-4), (a, b)
     assert [e["step"] for e in events(ddp, "eval")] == [0, 4, 4, 8]  # (the resumed run re-evaluates step 4)
     assert events(ddp, "train")[-1]["tokens"] == events(one, "train")[-1]["tokens"] == 8 * 2 * 8 * 32
-    keys = torch.load(ddp / "last.pt", weights_only=False)["model"].keys()
+    keys = torch.load(ddp / "last.pt", weights_only=True)["model"].keys()
     assert not any(k.startswith("module.") for k in keys)
 
 

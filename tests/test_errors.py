@@ -81,6 +81,32 @@ def test_real_command_lines(run, data):
     assert snapshot(run) == before
 
 
+class CreatesAFile:
+    """Pickled as a call to open(path, "w"): unpickling it with weights_only=False creates the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
+    pwned = tmp_path / "pwned"
+    ckpt = train.load_checkpoint(run / "ckpt.pt")
+    torch.save({**ckpt, "meta": {**ckpt["meta"], "note": CreatesAFile(pwned)}}, run / "ckpt.pt")
+    before = snapshot(run)
+    for argv in (["sample.py", f"--out_dir={run}"], ["train.py", *flags(data, tmp_path / "ft", f"--init_from={run}")]):
+        r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=120)
+        check_one_line(r.returncode, r.stderr)
+        assert f"refused to load {run / 'ckpt.pt'}: it holds Python objects" in r.stderr
+        assert "(it calls io.open)" in r.stderr and "nothing in it was run" in r.stderr
+        assert not pwned.exists()
+    assert snapshot(run) == before and not (tmp_path / "ft").exists()
+    torch.load(run / "ckpt.pt", weights_only=False)  # what loading it used to do: the file is real
+    assert pwned.exists()
+
+
 # ----------------------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("argv, message", [
@@ -226,7 +252,7 @@ def test_resume_mismatches(run, data, dataset, tmp_path, capsys, monkeypatch):
 
 
 def test_damaged_checkpoints(run, data, capsys, monkeypatch):
-    ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
     # weights that do not fit the architecture the checkpoint states
     torch.save({**ckpt, "model_args": {**ckpt["model_args"], "n_embd": 32}}, run / "last.pt")
     torch.save([1, 2, 3], run / "other.pt")

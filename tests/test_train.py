@@ -93,7 +93,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
         train.save_atomic({"a": 2}, str(path))
     monkeypatch.undo()
-    assert torch.load(path) == {"a": 1}
+    assert torch.load(path, weights_only=True) == {"a": 1}
     assert not (tmp_path / "ckpt.pt.tmp").exists()
 
 
@@ -146,8 +146,8 @@ def results_vocab(corpus):
 def test_best_checkpoint_is_only_replaced_by_a_better_one(corpus, tmp_path):
     out = tmp_path / "run"
     run_train(corpus, out, "--max_iters=20", "--eval_interval=10", "--lr=0.5", "--warmup_iters=0")  # diverges
-    best = torch.load(out / "ckpt.pt", weights_only=False)
-    last = torch.load(out / "last.pt", weights_only=False)
+    best = torch.load(out / "ckpt.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)
     evals = [e for e in map(json.loads, open(out / "metrics.jsonl")) if e["event"] == "eval"]
     assert best["best_val"] == min(e["val_loss"] for e in evals)
     assert last["iter"] == 20 and best["iter"] == min(evals, key=lambda e: e["val_loss"])["step"]
