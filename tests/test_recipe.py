@@ -1,0 +1,221 @@
+"""The modern recipe: model options (RMSNorm, QK-norm, ReLU², zero-init, logit soft-capping), the
+warmup-stable-decay schedule, Muon for the hidden matrices with AdamW for the rest, and a faithful resume
+with both optimizers; the bad inputs each option adds; bench.py's budget comparison on a tiny corpus."""
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+import train
+from configurator import UserError, load_config
+from conftest import code_text, prepare_text
+from model import GPT, GPTConfig, RMSNorm, generate
+
+TINY_MODEL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
+        "--eval_iters=2", "--log_interval=5", "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=2000"]
+MODERN = dict(norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True, logit_softcap=10.0,
+              tie_weights=False, pos_emb="rope")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cfg_of(*argv):
+    return load_config(train.TrainConfig(), list(argv))
+
+
+# ----------------------------------------------------------------------------- model options
+
+def test_each_option_changes_the_model_as_named():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
+    assert isinstance(model.ln_f, RMSNorm) and isinstance(model.blocks[0].ln1, RMSNorm)
+    assert isinstance(model.blocks[0].attn.q_norm, RMSNorm) and model.blocks[0].attn.q_norm.weight.shape == (8,)
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
+    assert torch.equal(model.blocks[0].mlp.act(x), torch.tensor([0.0, 0.0, 0.0, 2.25]))  # ReLU squared
+    for name, p in model.named_parameters():  # every block starts as the identity, the head as uniform
+        if name.endswith("proj.weight") or name == "lm_head.weight":
+            assert torch.count_nonzero(p) == 0, name
+    idx = torch.randint(0, 50, (2, 16))
+    logits, loss = model(idx, idx)
+    assert loss.item() == pytest.approx(math.log(50), abs=1e-6)  # zero logits: exactly uniform
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 5.0)  # huge logits, softly capped below 10
+    assert 9.0 < model(idx)[0].abs().max() < 10.0
+    capped_off = GPT(GPTConfig(**TINY_MODEL, **{**MODERN, "logit_softcap": 0.0}))
+    capped_off.load_state_dict(model.state_dict())
+    assert capped_off(idx)[0].abs().max() > 20.0
+
+
+def test_gpt2_defaults_are_unchanged_by_the_options():
+    base = GPT(GPTConfig(**TINY_MODEL))
+    assert isinstance(base.ln_f, torch.nn.LayerNorm) and not hasattr(base.blocks[0].attn, "q_norm")
+    assert base.lm_head.weight is base.wte.weight and base.blocks[0].mlp.act is torch.nn.functional.gelu
+    assert torch.count_nonzero(base.blocks[0].attn.proj.weight) > 0
+
+
+def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
+    norm = RMSNorm(16)
+    x = torch.randn(4, 16) * 100
+    assert torch.allclose(norm(x), x / x.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_cached_generation_equals_uncached_with_every_option():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(**TINY_MODEL, **{**MODERN, "zero_init": False})).eval()
+    idx = torch.randint(0, 50, (2, 5))
+    # greedy tokens must be identical (the logits agree to float32 rounding, see test_model.py)
+    assert torch.equal(generate(model, idx, 30, temperature=0), generate(model, idx, 30, temperature=0, cache=False))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("norm", "batchnorm", "norm must be one of layernorm, rmsnorm"),
+    ("activation", "swish", "activation must be one of gelu"),
+    ("logit_softcap", -1.0, "logit_softcap must be >= 0"),
+])
+def test_bad_model_options_are_user_errors(key, value, message):
+    with pytest.raises(UserError, match=message):
+        GPTConfig(**TINY_MODEL, **{key: value})
+
+
+# ----------------------------------------------------------------------------- schedule and optimizers
+
+def test_wsd_warms_up_holds_then_decays_to_zero_linear_or_sqrt():
+    cfg = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
+                 "--time_budget=0")
+    lrs = [train.get_lr(it, train.progress_of(it, 0, cfg), cfg) for it in range(101)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[9] < 1e-3  # warmup
+    assert lrs[10:61] == pytest.approx([1e-3] * 51)  # stable until 60% of the run
+    assert all(a > b for a, b in zip(lrs[60:], lrs[61:]))  # then decays...
+    assert lrs[80] == pytest.approx(5e-4) and lrs[100] == 0.0  # ...linearly, to zero at the end
+    sqrt = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
+                  "--decay_shape=sqrt")
+    assert train.get_lr(80, 0.8, sqrt) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))  # 1 - sqrt: drops early
+    assert train.get_lr(100, 1.0, sqrt) == 0.0
+    budget = cfg_of("--schedule=wsd", "--max_iters=1000000", "--time_budget=1", "--warmup_iters=0")
+    assert train.get_lr(50, train.progress_of(50, 60.0, budget), budget) == 0.0  # the budget ends the decay
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
+    muon, adamw = train.make_optimizers(cfg_of("--optimizer=muon", "--muon_lr_scale=2.0", "--lr=1e-3"), model, "cpu")
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert {"wte.weight", "lm_head.weight", "ln_f.weight", "blocks.0.attn.q_norm.weight"} <= in_adamw
+    assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(names)
+    assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"  # the same lr gives AdamW's update RMS
+    train.set_schedule([muon, adamw], 1e-3, 0.5, cfg_of("--optimizer=muon", "--muon_lr_scale=2.0"))
+    assert muon.param_groups[0]["lr"] == pytest.approx(2e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
+    cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
+                 "--muon_momentum=0.95", "--beta1=0.9")
+    model = GPT(GPTConfig(**TINY_MODEL))
+    muon, adamw = train.make_optimizers(cfg, model, "cpu")
+    train.set_schedule([muon, adamw], 1e-3, 0.4, cfg)  # the LR peak: momentum at its lowest
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.8) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.8)
+    train.set_schedule([muon, adamw], 1e-3, 0.9, cfg)
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.95) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--decay_frac=0"], r"decay_frac must be in \(0, 1\]"),
+    (["--decay_frac=1.5"], r"decay_frac must be in \(0, 1\]"),
+    (["--decay_shape=cosine"], "decay_shape must be one of linear, sqrt"),
+    (["--optimizer=lion"], "optimizer must be one of muon, adamw, sgd"),
+    (["--muon_momentum=1.0"], "muon_momentum in"),
+])
+def test_bad_recipe_settings_are_user_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        cfg_of(*argv)
+
+
+# ----------------------------------------------------------------------------- real tiny runs
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    prepare_text(root, "code", code_text() * 3)
+    return root
+
+
+def run_train(corpus, out, *extra):
+    return train.train(cfg_of(f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", *TINY, *extra))
+
+
+def losses(out):
+    return [e["loss"] for e in map(json.loads, open(Path(out) / "metrics.jsonl")) if e["event"] == "train"]
+
+
+MUON_RUN = ["--optimizer=muon", "--schedule=wsd", "--norm=rmsnorm", "--qk_norm=True", "--activation=relu2",
+            "--zero_init=True", "--tie_weights=False", "--pos_emb=rope", "--max_iters=30", "--eval_interval=15",
+            "--dropout=0.1"]
+
+
+def test_muon_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_train(corpus, straight, *MUON_RUN)
+    draw, calls = train.Batches.next, []
+
+    def interrupted(self):  # Ctrl-C while step 15 runs: the run saves and stops after it
+        calls.append(1)
+        if len(calls) == 15:
+            signal.raise_signal(signal.SIGINT)
+        return draw(self)
+    monkeypatch.setattr(train.Batches, "next", interrupted)
+    assert run_train(corpus, split, *MUON_RUN)["iters"] == 15
+    monkeypatch.undo()
+    saved = torch.load(split / "last.pt", weights_only=True)["optimizer"]
+    assert len(saved) == 2 and saved[0]["state"] and saved[1]["state"]  # both optimizers' states
+    run_train(corpus, split, *MUON_RUN, "--init_from=resume")
+    assert losses(split) == losses(straight) and len(losses(straight)) == 6  # bit-identical
+    assert losses(straight)[-1] < losses(straight)[0] - 0.5  # and it learns
+
+
+def test_resume_refuses_flags_for_another_architecture_or_optimizer(corpus, tmp_path):
+    out = tmp_path / "run"
+    run_train(corpus, out, "--max_iters=5", "--eval_interval=5")  # TrainConfig's defaults
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"}
+    d = train.TrainConfig()
+    other = {"norm": "layernorm" if d.norm == "rmsnorm" else "rmsnorm", "qk_norm": not d.qk_norm,
+             "optimizer": "sgd", "activation": "gelu_tanh", "zero_init": not d.zero_init}
+    for key, value in other.items():  # (a flag equal to the default cannot be told apart from no flag)
+        with pytest.raises(UserError, match=f"resume keeps the model and optimizer of the checkpoint.*{key}"):
+            run_train(corpus, out, "--max_iters=10", "--init_from=resume", f"--{key}={value}")
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"}
+
+
+def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "REPO", str(tmp_path))  # results under tmp_path/out; data linked from the corpus
+    (tmp_path / "data").symlink_to(corpus / "data")
+    for name in ("train.py", "prepare.py", "model.py", "rnn.py", "configurator.py", "hf.py"):
+        (tmp_path / name).symlink_to(Path(train.__file__).parent / name)
+    small = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--final_eval_tokens=500"]
+    monkeypatch.setitem(bench.RECIPES, "nanogpt", bench.RECIPES["nanogpt"] + small)
+    monkeypatch.setitem(bench.RECIPES, "default", bench.RECIPES["default"] + small + ["--block_size=32"])
+    bc = load_config(bench.BenchConfig(), ["--dataset=code", "--budget=0.05", "--recipes=nanogpt,default"])
+    runs = bench.bench_budget(bc)
+    out = capsys.readouterr().out
+    assert "| recipe | steps | tokens seen | tokens/s | val loss (min)" in out
+    for name in ("nanogpt", "default"):
+        (res,) = runs[name]
+        assert res["iters"] > 0 and 2.0 <= res["wall_time_s"] < 30 and res["val_tokens_scored"] > 0
+        assert f"| {name} | {res['iters']:,} | {res['tokens_seen']:,} |" in out
+    assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
+    with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
+        bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))
