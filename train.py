@@ -538,6 +538,11 @@ def setup_distributed(cfg):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
+    # torch.distributed.nn's functions take group=WORLD as a default argument, evaluated on first import. DDP imports
+    # it (through torch._dynamo); imported after init_process_group it would pin the default group for good, so
+    # destroy_process_group could not stop gloo's threads, and one of them freeing a tensor of the last collective
+    # as the interpreter exits aborts the process ("terminate called without an active exception")
+    import torch.distributed.nn  # noqa: F401
     torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, world, device
 
@@ -751,6 +756,7 @@ def train(cfg):
     wall = elapsed_before + time.time() - t_start
     if world > 1:
         torch.distributed.barrier()  # no process tears down its connections while another still uses them
+        train_model = control = None  # they hold process groups: dropped, destroy_process_group ends gloo's threads
         torch.distributed.destroy_process_group()
     if not master:
         return None
