@@ -20,7 +20,7 @@ dtype=auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missin
 native bf16 (AVX512-BF16/AMX), else fp32; compile=None compiles on CUDA only (see bench.py for why).
 out_dir ends up holding:
     ckpt.pt (best val loss), last.pt (latest state, for resume), config.json, metrics.jsonl,
-    results.json, results.md, learning_curves.png, model_summary.txt
+    results.json, results.md, learning_curves.png, model_summary.txt; and run.lock while a run trains there
 """
 import contextlib
 import dataclasses
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -485,6 +486,73 @@ class Run:
             self.wandb.finish()
 
 
+class RunLock:
+    """out_dir/run.lock while a run trains there, taken by rank 0 before anything else (and before DDP starts):
+    a second train.py on the same out_dir stops with one line, having written nothing. The lock is a flock on
+    the file, which the system drops when its process dies; the file says who holds it ({pid, host, started}).
+    One left behind (kill -9, a power cut) is taken over, with a note. sample.py only reads: it takes no lock."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.path, self.fd, self.made = out_dir, os.path.join(out_dir, "run.lock"), None, []
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): runs go unlocked
+            return self
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds it for all
+            return self
+        path = os.path.abspath(self.out_dir)
+        while not os.path.exists(path):  # the folders this creates, removed again if the run writes nothing
+            self.made.append(path)
+            path = os.path.dirname(path)
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held = self._holder(fd)
+                    os.close(fd)
+                    self.__exit__()
+                    who = f" (pid {held['pid']} on {held['host']}, started {held['started']})" if held else ""
+                    raise UserError(f"{self.out_dir} is in use by another training run{who}: wait for it to end, "
+                                    f"or pick another --out_dir") from None
+                if os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    self.fd = fd
+                else:  # its holder removed the file while we opened it: lock the new one
+                    os.close(fd)
+            if held := self._holder(self.fd):
+                print0(f"note: taking over {self.path} from pid {held['pid']} on {held['host']} (started "
+                       f"{held['started']}), which ended without releasing it")
+            mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps(mine).encode(), 0)
+        except OSError as e:
+            self.__exit__()
+            raise UserError(f"cannot write to out_dir {self.out_dir}: {e.strerror}; pick another --out_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+        for path in self.made:  # deepest first; only while still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+    @staticmethod
+    def _holder(fd):
+        try:
+            held = json.loads(os.pread(fd, 1000, 0))
+        except (OSError, ValueError):
+            return None
+        return held if isinstance(held, dict) and {"pid", "host", "started"} <= held.keys() else None
+
+
 def print0(*args, **kwargs):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
@@ -910,10 +978,11 @@ def plot_lr_find(result, path):
 
 def main(argv):
     cfg = load_config(TrainConfig(), argv)
-    if cfg.lr_find:
+    if cfg.lr_find:  # writes only lr_find.json/.png, never a run's files: it may run beside training, unlocked
         lr_find(cfg)
     else:
-        train(cfg)
+        with RunLock(cfg.out_dir):
+            train(cfg)
 
 
 if __name__ == "__main__":

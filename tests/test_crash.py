@@ -1,5 +1,6 @@
-"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them, the time budget across
-a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving, stale *.tmp files.
+"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them (taking over the dead
+run's lock), a second train.py on a running out_dir, the time budget across a resume (fake clock), a nan loss
+between evals, fp16 skipped steps, a full disk while saving, stale *.tmp files.
 
     python -m pytest -q tests/test_crash.py
 """
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,6 +106,38 @@ def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     assert (out / "results.md").is_file()
 
 
+def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(data, tmp_path):
+    """The run lock: a second train.py on a running out_dir (resumed or fresh) is one line and exit code 2, and
+    every file stays as it was; sample.py still reads the running run; the lock goes when the run ends."""
+    out = tmp_path / "run"
+    quiet = ["--max_iters=1000000", "--eval_interval=1000000", "--log_interval=1000000"]  # no writes after step 0
+    first = subprocess.Popen([sys.executable, "train.py", *flags(data, out, *quiet)], cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(first, out, lambda ev: (out / "last.pt").exists())  # step 0's eval saved (ckpt.pt, then last.pt)
+        lock = json.loads((out / "run.lock").read_text())
+        assert (lock["pid"], lock["host"]) == (first.pid, socket.gethostname())
+        before = snapshot(out)
+        for extra in (["--init_from=resume"], []):
+            second = subprocess.run([sys.executable, "train.py", *flags(data, out, "--max_iters=10", *extra)],
+                                    cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and second.stdout == "", second.stderr
+            assert second.stderr == (f"error: {out} is in use by another training run (pid {first.pid} on "
+                                     f"{lock['host']}, started {lock['started']}): wait for it to end, or pick "
+                                     f"another --out_dir\n")
+        sampled = subprocess.run([sys.executable, "sample.py", f"--out_dir={out}", "--num_samples=1",
+                                  "--max_new_tokens=8"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert sampled.returncode == 0, sampled.stderr
+        assert snapshot(out) == before  # checkpoints, config.json, metrics.jsonl, the lock: all as they were
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:  # a failed assertion must not leave it training
+            first.kill()
+    assert first.returncode == 0, stderr
+    assert (out / "results.json").is_file() and not (out / "run.lock").exists()
+
+
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "train.py", *flags(data, out, "--max_iters=60", "--eval_interval=10", "--log_interval=5")]
@@ -117,9 +151,12 @@ def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     assert saved["iter"] % 10 == 0 and 10 <= saved["iter"] <= killed_at + 5
     best = train.load_checkpoint(out / "ckpt.pt")
     assert best["iter"] <= saved["iter"] and all_finite(best["model"])
+    left = json.loads((out / "run.lock").read_text())  # the killed run's lock stays behind, and is taken over
+    assert left["pid"] == proc.pid
 
     r = subprocess.run(argv + ["--init_from=resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert f"note: taking over {out / 'run.lock'} from pid {proc.pid} on {left['host']}" in r.stdout
     assert f"resuming {out} at step {saved['iter']}" in r.stdout
     assert json.loads((out / "results.json").read_text())["iters"] == 60
     after = [e["step"] for e in events(out, "train")]

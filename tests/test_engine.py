@@ -1,7 +1,7 @@
 """The training engine: LR schedules and momentum cycling, the time budget under a fake clock, DDP on CPU
-(2 gloo processes against 1 process with twice the accumulation, and a resume under DDP), bf16 autocast,
-the LR range test, wandb offline logging, fine-tuning from a run, checkpoints free of wrapper prefixes,
-and every shipped config loading."""
+(2 gloo processes against 1 process with twice the accumulation, a resume under DDP, no gloo thread left
+at the end, a held run lock stopping both processes), bf16 autocast, the LR range test, wandb offline
+logging, fine-tuning from a run, checkpoints free of wrapper prefixes, and every shipped config loading."""
 import json
 import math
 import os
@@ -274,12 +274,12 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
 
 # ----------------------------------------------------------------------------- DDP on the CPU (gloo)
 
-def torchrun(nproc, args, script="train.py"):
+def torchrun(nproc, args, script="train.py", ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                         str(script), *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r.stdout
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout if ok else r.stderr
 
 
 # train.py's main, then the names of the gloo threads still running in this process
@@ -319,6 +319,16 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     assert events(ddp, "train")[-1]["tokens"] == events(one, "train")[-1]["tokens"] == 8 * 2 * 8 * 32
     keys = torch.load(ddp / "last.pt", weights_only=False)["model"].keys()
     assert not any(k.startswith("module.") for k in keys)
+
+
+def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
+    """Rank 0 alone takes the run lock, before the processes connect: held by another run, rank 0's one line
+    ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""
+    out = tmp_path / "ddp"
+    with train.RunLock(out):
+        err = torchrun(2, run_args(corpus, out, "--max_iters=4"), ok=False)
+        assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
+        assert [p.name for p in out.iterdir()] == ["run.lock"]
 
 
 # ----------------------------------------------------------------------------- bench.py
