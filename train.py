@@ -341,24 +341,27 @@ def estimate_loss(model, data, starts, cfg, device, dtype):
 
 
 @torch.no_grad()
-def evaluate_split(model, data, cfg, device, dtype, max_tokens=0):
+def evaluate_split(model, data, cfg, device, dtype, max_tokens=0, stop=None):
     """Mean loss over a whole split, every token scored once, in consecutive windows of block_size
-    (a window's first tokens see less context). Returns (loss, tokens scored)."""
+    (a window's first tokens see less context). Returns (loss, tokens scored); once stop (a StopFlag) is
+    requested, what was scored so far (loss None if nothing)."""
     model.eval()
     n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
     T = cfg.block_size
     starts = list(range(0, n - T + 1, T))
     total, count = 0.0, 0
     for i in range(0, len(starts), cfg.batch_size):
+        if stop and stop.requested:
+            break
         x, y = windows(data, starts[i:i + cfg.batch_size], T)
         total, count = _add_loss(model, x, y, device, dtype, total, count)
     tail = n - len(starts) * T
-    if tail > 0:  # the last, shorter window
+    if tail > 0 and not (stop and stop.requested):  # the last, shorter window
         s = len(starts) * T
         x, y = windows(data, [s], tail)
         total, count = _add_loss(model, x, y, device, dtype, total, count)
     model.train()
-    return total / count, count
+    return (total / count if count else None), count
 
 
 def _add_loss(model, x, y, device, dtype, total, count):
@@ -565,11 +568,11 @@ def fmt_time(seconds):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates);
-    a second SIGINT exits at once."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates), or the final
+    evaluation to stop scoring (action says which); a second SIGINT exits at once."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, action="stopping after this step"):
+        self.requested, self.action = False, action
         self._previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -579,7 +582,7 @@ class StopFlag:
             print0("\nsecond interrupt: exiting now without saving")
             os._exit(130)
         self.requested = True
-        print0(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)")
+        print0(f"\n{signal.Signals(signum).name}: {self.action} (Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._previous.items():
@@ -839,32 +842,42 @@ def train(cfg):
 
 
 def final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params):
-    """Score the best checkpoint on the whole train sample, val and test splits; write results.json/.md."""
+    """Score the best checkpoint on the whole train sample, val and test splits; write results.json/.md.
+    SIGINT/SIGTERM cut the scoring short: the results then hold what was scored (see *_tokens_scored; a
+    split not reached scores null) with final_eval_cut true, and --init_from=resume evaluates again."""
     model = model_from_checkpoint(load_checkpoint(os.path.join(cfg.out_dir, CKPT_BEST))).to(device)
     results = {"dataset": cfg.dataset, "model": cfg.model, "params": n_params, "tokens_seen": tokens_seen,
                "iters": it, "wall_time_s": round(wall, 1)}
+    stop = StopFlag("cutting the final evaluation short, keeping what was scored")
+    print0(f"final evaluation: scoring {CKPT_BEST} on the train sample, val and test (Ctrl-C or SIGTERM cuts it short)")
     for split in ("train", "val", "test"):
         data = prepare.open_split(data_dir, split)
         # the train split is large; score as many tokens of it as of val, to compare like with like
         cap = cfg.final_eval_tokens if split != "train" else (cfg.final_eval_tokens or meta["splits"]["val"]["tokens"])
-        loss, n = evaluate_split(model, data, cfg, device, dtype, cap)
-        m = metrics_for(loss, meta["splits"][split])
+        loss, n = evaluate_split(model, data, cfg, device, dtype, cap, stop)
+        m = metrics_for(loss, meta["splits"][split]) if n else dict.fromkeys(("ppl", "bpb", "bits_per_token"))
         results.update({f"{split}_loss": loss, f"{split}_perplexity": m["ppl"], f"{split}_bpb": m["bpb"],
                         f"{split}_bits_per_token": m["bits_per_token"], f"{split}_tokens_scored": n})
+    results["final_eval_cut"] = stop.requested
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = [("test_loss", "test_loss"), ("test_perplexity", "test_perplexity"), ("test bits/byte", "test_bpb"),
             ("tokens_seen", "tokens_seen"), ("train_loss", "train_loss"), ("train_perplexity", "train_perplexity"),
             ("val_loss", "val_loss"), ("val_perplexity", "val_perplexity"), ("val bits/byte", "val_bpb"),
             ("parameters", "params"), ("wall time (s)", "wall_time_s")]
-    table = "| Metric | Value |\n|:---|:---|\n" + "".join(
-        f"| {name} | {results[key]:,.4f} |\n" if isinstance(results[key], float) else f"| {name} | {results[key]:,} |\n"
-        for name, key in rows)
+    table = "| Metric | Value |\n|:---|:---|\n" + "".join(f"| {name} | {_cell(results[key])} |\n" for name, key in rows)
+    cut = (f"the final evaluation was cut short: {cfg.out_dir}/results.json holds what was scored (see "
+           f"*_tokens_scored); `python train.py ... --init_from=resume` evaluates again") if stop.requested else ""
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
-        f.write(f"# {cfg.model} on {cfg.dataset}\n\n{table}")
+        f.write(f"# {cfg.model} on {cfg.dataset}\n\n" + (f"**{cut}**\n\n" if cut else "") + table)
     plot_curves(cfg.out_dir)
-    print0(f"\nbest checkpoint on the full splits ({cfg.out_dir}/results.md):\n{table}")
+    stop.restore()
+    print0(f"\nbest checkpoint on the full splits ({cfg.out_dir}/results.md):\n{table}{cut}")
     return results
+
+
+def _cell(value):
+    return "not scored" if value is None else f"{value:,.4f}" if isinstance(value, float) else f"{value:,}"
 
 
 def plot_curves(out_dir):

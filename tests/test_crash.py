@@ -1,6 +1,7 @@
 """Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them (taking over the dead
-run's lock), a second train.py on a running out_dir, the time budget across a resume (fake clock), a nan loss
-between evals, fp16 skipped steps, a full disk while saving, stale *.tmp files.
+run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C during the final evaluation, the time
+budget across a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving,
+stale *.tmp files.
 
     python -m pytest -q tests/test_crash.py
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import compare
+import prepare
 import train
 from configurator import UserError, load_config
 from conftest import code_text, prepare_text
@@ -136,6 +139,60 @@ def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(d
             first.kill()
     assert first.returncode == 0, stderr
     assert (out / "results.json").is_file() and not (out / "run.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def big_splits(tmp_path_factory):
+    """A char-level dataset with val and test splits of 40% each (~190k tokens): scoring them one window of 16
+    tokens at a time takes a tiny model seconds, long enough to be interrupted. Returns the data_dir."""
+    root = tmp_path_factory.mktemp("big")
+    (root / "code.txt").write_text(code_text() * 10, encoding="utf-8")
+    prepare.prepare(load_config(prepare.PrepareConfig(), ["--dataset=text", f"--input={root / 'code.txt'}",
+                                                           f"--data_dir={root / 'data'}", "--name=code",
+                                                           "--val_frac=0.4", "--test_frac=0.4"]))
+    return root / "data"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the_results(big_splits, tmp_path, sig):
+    out = tmp_path / "run"
+    argv = [sys.executable, "train.py", *flags(big_splits, out, "--max_iters=4", "--eval_interval=4",
+                                               "--batch_size=1", "--final_eval_tokens=0")]
+    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the final evaluation has begun (the checkpoints are saved by then)
+            if line.startswith("final evaluation: scoring ckpt.pt"):
+                break
+        before = {name: digest for name, digest in snapshot(out).items() if name.endswith(".pt")}
+        assert set(before) == {"ckpt.pt", "last.pt"}, "train.py ended before its final evaluation"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert f"{sig.name}: cutting the final evaluation short" in stdout and "Traceback" not in stderr
+    assert stdout.splitlines()[-1] == (f"the final evaluation was cut short: {out}/results.json holds what was "
+                                       f"scored (see *_tokens_scored); `python train.py ... --init_from=resume` "
+                                       f"evaluates again")
+    results = json.loads((out / "results.json").read_text())
+    splits = json.loads((big_splits / "code" / "meta.json").read_text())["splits"]
+    whole = {"train": min(splits["train"]["tokens"] - 1, splits["val"]["tokens"]),
+             "val": splits["val"]["tokens"] - 1, "test": splits["test"]["tokens"] - 1}
+    scored = {s: results[f"{s}_tokens_scored"] for s in whole}
+    assert results["final_eval_cut"] is True and sum(scored.values()) < sum(whole.values())
+    for s, n in scored.items():  # a split reached scores what it scored; one not reached scores null
+        assert (results[f"{s}_loss"] is None) == (n == 0) and (n == 0 or 0 < results[f"{s}_loss"] < 10)
+    assert "cut short" in (out / "results.md").read_text()
+    assert {name: snapshot(out)[name] for name in before} == before  # the checkpoints are untouched
+    with pytest.raises(UserError, match="final evaluation was cut short: evaluate it again"):
+        compare.read_run(out)  # half a score is not compared with a whole one
+
+    r = subprocess.run(argv + ["--init_from=resume", "--final_eval_tokens=3000"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_eval_cut"] is False and all(results[f"{s}_tokens_scored"] == 3000 for s in whole)
 
 
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
