@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,7 @@ import pytest
 import urllib3.util.connection
 import zstandard
 
+import configurator
 import prepare
 from configurator import UserError
 
@@ -162,10 +164,10 @@ def test_offline_fails_at_once_with_the_source_hint(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(prepare, "RETRIES", 1)
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # a proxy would resolve the name itself
         monkeypatch.delenv(var, raising=False)
-    url = f"http://127.0.0.1:{free_port()}/x"
+    base = f"http://127.0.0.1:{free_port()}/"
     if case.startswith("cannot resolve"):
         # .invalid never resolves (RFC 6761); answer so here, as a resolver does, so no query leaves the machine
-        url, real_getaddrinfo = "http://nonexistent.invalid/x", socket.getaddrinfo
+        base, real_getaddrinfo = "http://nonexistent.invalid/", socket.getaddrinfo
 
         def getaddrinfo(host, *args, **kwargs):
             if str(host).endswith(".invalid"):
@@ -175,13 +177,15 @@ def test_offline_fails_at_once_with_the_source_hint(tmp_path, monkeypatch, capsy
     if case == "network unreachable":
         monkeypatch.setattr(urllib3.util.connection, "create_connection",
                             fail_to_connect(OSError(errno.ENETUNREACH, "Network is unreachable")))
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "enwik8", f"--url={base}", f"--data_dir={tmp_path}"])
     t0 = time.monotonic()
-    with pytest.raises(UserError, match=f"^could not download {url} \\({case}\\): check the network, or fetch it "
-                                        f"yourself and pass --source=PATH"):
-        prepare.download(url, tmp_path / "x")
+    with pytest.raises(SystemExit) as e:
+        configurator.cli(prepare.main)
     assert time.monotonic() - t0 < 2.5  # generous, and still half of the one retry's wait
-    assert "retry" not in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"error: could not download {base}enwik8.zip ({case}): check the network, or fetch it yourself and pass "
+        f"--source=PATH (a local copy)\n")  # one line, and no retry announced
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_connect_timeouts_are_still_retried(tmp_path, monkeypatch, capsys):
