@@ -13,7 +13,8 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
 Defaults are TrainConfig below; see configurator.py for how overrides apply. A run ends at max_iters
 or when its wall-clock budget (time_budget, minutes) is spent, whichever comes first; the LR schedule
 (cosine, onecycle, invsqrt, step, constant) runs on progress = the further of the two, so it completes
-its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits.
+its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits
+(a signal cuts that short, keeping what was scored).
 Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes together, so
 a config trains on the same tokens per step (and the same windows) whatever the number of processes.
 dtype=auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing) and on CPUs with
