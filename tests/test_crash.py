@@ -1,5 +1,7 @@
-"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them, the time budget across
-a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving, stale *.tmp files.
+"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them (taking over the dead
+run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C during the final evaluation, the time
+budget across a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving,
+stale *.tmp files.
 
     python -m pytest -q tests/test_crash.py
 """
@@ -8,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import compare
+import prepare
 import train
 from configurator import UserError, load_config
 from conftest import code_text, prepare_text
@@ -104,6 +109,92 @@ def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     assert (out / "results.md").is_file()
 
 
+def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(data, tmp_path):
+    """The run lock: a second train.py on a running out_dir (resumed or fresh) is one line and exit code 2, and
+    every file stays as it was; sample.py still reads the running run; the lock goes when the run ends."""
+    out = tmp_path / "run"
+    quiet = ["--max_iters=1000000", "--eval_interval=1000000", "--log_interval=1000000"]  # no writes after step 0
+    first = subprocess.Popen([sys.executable, "train.py", *flags(data, out, *quiet)], cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(first, out, lambda ev: (out / "last.pt").exists())  # step 0's eval saved (ckpt.pt, then last.pt)
+        lock = json.loads((out / "run.lock").read_text())
+        assert (lock["pid"], lock["host"]) == (first.pid, socket.gethostname())
+        before = snapshot(out)
+        for extra in (["--init_from=resume"], []):
+            second = subprocess.run([sys.executable, "train.py", *flags(data, out, "--max_iters=10", *extra)],
+                                    cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and second.stdout == "", second.stderr
+            assert second.stderr == (f"error: {out} is in use by another training run (pid {first.pid} on "
+                                     f"{lock['host']}, started {lock['started']}): wait for it to end, or pick "
+                                     f"another --out_dir\n")
+        sampled = subprocess.run([sys.executable, "sample.py", f"--out_dir={out}", "--num_samples=1",
+                                  "--max_new_tokens=8"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        assert sampled.returncode == 0, sampled.stderr
+        assert snapshot(out) == before  # checkpoints, config.json, metrics.jsonl, the lock: all as they were
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:  # a failed assertion must not leave it training
+            first.kill()
+    assert first.returncode == 0, stderr
+    assert (out / "results.json").is_file() and not (out / "run.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def big_splits(tmp_path_factory):
+    """A char-level dataset with val and test splits of 40% each (~190k tokens): scoring them one window of 16
+    tokens at a time takes a tiny model seconds, long enough to be interrupted. Returns the data_dir."""
+    root = tmp_path_factory.mktemp("big")
+    (root / "code.txt").write_text(code_text() * 10, encoding="utf-8")
+    prepare.prepare(load_config(prepare.PrepareConfig(), ["--dataset=text", f"--input={root / 'code.txt'}",
+                                                           f"--data_dir={root / 'data'}", "--name=code",
+                                                           "--val_frac=0.4", "--test_frac=0.4"]))
+    return root / "data"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the_results(big_splits, tmp_path, sig):
+    out = tmp_path / "run"
+    argv = [sys.executable, "train.py", *flags(big_splits, out, "--max_iters=4", "--eval_interval=4",
+                                               "--batch_size=1", "--final_eval_tokens=0")]
+    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the final evaluation has begun (the checkpoints are saved by then)
+            if line.startswith("final evaluation: scoring ckpt.pt"):
+                break
+        before = {name: digest for name, digest in snapshot(out).items() if name.endswith(".pt")}
+        assert set(before) == {"ckpt.pt", "last.pt"}, "train.py ended before its final evaluation"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert f"{sig.name}: cutting the final evaluation short" in stdout and "Traceback" not in stderr
+    assert stdout.splitlines()[-1] == (f"the final evaluation was cut short: {out}/results.json holds what was "
+                                       f"scored (see *_tokens_scored); `python train.py ... --init_from=resume` "
+                                       f"evaluates again")
+    results = json.loads((out / "results.json").read_text())
+    splits = json.loads((big_splits / "code" / "meta.json").read_text())["splits"]
+    whole = {"train": min(splits["train"]["tokens"] - 1, splits["val"]["tokens"]),
+             "val": splits["val"]["tokens"] - 1, "test": splits["test"]["tokens"] - 1}
+    scored = {s: results[f"{s}_tokens_scored"] for s in whole}
+    assert results["final_eval_cut"] is True and sum(scored.values()) < sum(whole.values())
+    for s, n in scored.items():  # a split reached scores what it scored; one not reached scores null
+        assert (results[f"{s}_loss"] is None) == (n == 0) and (n == 0 or 0 < results[f"{s}_loss"] < 10)
+    assert "cut short" in (out / "results.md").read_text()
+    assert {name: snapshot(out)[name] for name in before} == before  # the checkpoints are untouched
+    with pytest.raises(UserError, match="final evaluation was cut short: evaluate it again"):
+        compare.read_run(out)  # half a score is not compared with a whole one
+
+    r = subprocess.run(argv + ["--init_from=resume", "--final_eval_tokens=3000"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["final_eval_cut"] is False and all(results[f"{s}_tokens_scored"] == 3000 for s in whole)
+
+
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "train.py", *flags(data, out, "--max_iters=60", "--eval_interval=10", "--log_interval=5")]
@@ -117,9 +208,12 @@ def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     assert saved["iter"] % 10 == 0 and 10 <= saved["iter"] <= killed_at + 5
     best = train.load_checkpoint(out / "ckpt.pt")
     assert best["iter"] <= saved["iter"] and all_finite(best["model"])
+    left = json.loads((out / "run.lock").read_text())  # the killed run's lock stays behind, and is taken over
+    assert left["pid"] == proc.pid
 
     r = subprocess.run(argv + ["--init_from=resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    assert f"note: taking over {out / 'run.lock'} from pid {proc.pid} on {left['host']}" in r.stdout
     assert f"resuming {out} at step {saved['iter']}" in r.stdout
     assert json.loads((out / "results.json").read_text())["iters"] == 60
     after = [e["step"] for e in events(out, "train")]

@@ -1,16 +1,22 @@
 """Tests for prepare.py's downloads against a local HTTP server (127.0.0.1, Range support, scripted
-failures): resume after a cut or an interrupted run, checksum failures, 404s, reuse, --source, and
+failures): resume after a cut or an interrupted run, checksum failures, 404s, reuse, --source, failing at
+once offline (refused, unresolvable, unreachable; never leaving the machine) while timeouts are retried, and
 whole datasets fetched and streamed over HTTP. Run: .venv/bin/pytest -q tests/test_download.py"""
+import errno
 import hashlib
 import json
 import os
 import socket
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import urllib3.util.connection
 import zstandard
 
+import configurator
 import prepare
 from configurator import UserError
 
@@ -105,7 +111,7 @@ def test_complete_part_file_gets_416_and_is_kept(server, tmp_path):
 
 
 def test_corrupt_download_fails_checksum_and_is_deleted(server, tmp_path):
-    server.files["/f.bin"] = BODY[:-1] + b"X"
+    server.files["/f.bin"] = BODY[:-1] + bytes([BODY[-1] ^ 0xFF])  # (not + b"X": 1 in 256 random BODYs end in X)
     with pytest.raises(UserError, match=f"f.bin is corrupt \\(sha256 .*expected {SHA}\\) and was deleted"):
         prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
     assert list(tmp_path.iterdir()) == []
@@ -138,13 +144,77 @@ def test_404_is_one_clear_user_error(server, tmp_path):
     assert not (tmp_path / "enwik8" / "raw" / "enwik8.zip").exists()
 
 
-def test_no_network_is_one_clear_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+def free_port():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(UserError, match=f"could not download http://127.0.0.1:{port}/x .*--source"):
-        prepare.download(f"http://127.0.0.1:{port}/x", tmp_path / "x")
+        return s.getsockname()[1]
+
+
+def fail_to_connect(error):
+    """A stand-in for urllib3's create_connection that fails as a machine without a network does."""
+    def connect(*args, **kwargs):
+        raise error
+    return connect
+
+
+@pytest.mark.parametrize("case", ["connection refused", "cannot resolve nonexistent.invalid", "network unreachable"])
+def test_offline_fails_at_once_with_the_source_hint(tmp_path, monkeypatch, capsys, case):
+    """No retry mends these soon, so none is made (offline, 5 retries spent 31 s before the message)."""
+    monkeypatch.setattr(prepare, "BACKOFF_S", 5.0)  # a retry would wait 5 s
+    monkeypatch.setattr(prepare, "RETRIES", 1)
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # a proxy would resolve the name itself
+        monkeypatch.delenv(var, raising=False)
+    base = f"http://127.0.0.1:{free_port()}/"
+    if case.startswith("cannot resolve"):
+        # .invalid never resolves (RFC 6761); answer so here, as a resolver does, so no query leaves the machine
+        base, real_getaddrinfo = "http://nonexistent.invalid/", socket.getaddrinfo
+
+        def getaddrinfo(host, *args, **kwargs):
+            if str(host).endswith(".invalid"):
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return real_getaddrinfo(host, *args, **kwargs)
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    if case == "network unreachable":
+        monkeypatch.setattr(urllib3.util.connection, "create_connection",
+                            fail_to_connect(OSError(errno.ENETUNREACH, "Network is unreachable")))
+    monkeypatch.setattr(sys, "argv", ["prepare.py", "enwik8", f"--url={base}", f"--data_dir={tmp_path}"])
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        configurator.cli(prepare.main)
+    assert time.monotonic() - t0 < 2.5  # generous, and still half of the one retry's wait
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"error: could not download {base}enwik8.zip ({case}): check the network, or fetch it yourself and pass "
+        f"--source=PATH (a local copy)\n")  # one line, and no retry announced
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_connect_timeouts_are_still_retried(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+    tries = []
+
+    def timeout(*args, **kwargs):
+        tries.append(1)
+        raise socket.timeout("timed out")
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", timeout)
+    with pytest.raises(UserError, match="could not download .*ConnectTimeout.*--source=PATH"):
+        prepare.download(f"http://127.0.0.1:{free_port()}/x", tmp_path / "x")
+    assert len(tries) == prepare.RETRIES + 1 and f"retry {prepare.RETRIES}/{prepare.RETRIES}" in capsys.readouterr().err
+
+
+def test_refused_reconnect_after_a_dropped_transfer_is_retried_and_resumes(server, tmp_path, monkeypatch):
+    """Once the server has answered, a refusal may be a restart: retried, then resumed with a Range."""
+    server.files["/f.bin"] = BODY
+    server.cut["/f.bin"] = 100_000
+    real, calls = urllib3.util.connection.create_connection, []
+
+    def refuse_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse_the_second)
+    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert len(calls) == 3 and server.log == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
 
 
 # ----------------------------------------------------------------------------- whole datasets over HTTP

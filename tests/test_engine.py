@@ -1,7 +1,7 @@
 """The training engine: LR schedules and momentum cycling, the time budget under a fake clock, DDP on CPU
-(2 gloo processes against 1 process with twice the accumulation, and a resume under DDP), bf16 autocast,
-the LR range test, wandb offline logging, fine-tuning from a run, checkpoints free of wrapper prefixes,
-and every shipped config loading."""
+(2 gloo processes against 1 process with twice the accumulation, a resume under DDP, no gloo thread left
+at the end, a held run lock stopping both processes), bf16 autocast, the LR range test, wandb offline
+logging, fine-tuning from a run, checkpoints free of wrapper prefixes, and every shipped config loading."""
 import json
 import math
 import os
@@ -274,12 +274,23 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
 
 # ----------------------------------------------------------------------------- DDP on the CPU (gloo)
 
-def torchrun(nproc, args):
+def torchrun(nproc, args, script="train.py", ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                        "train.py", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r.stdout
+                        str(script), *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout if ok else r.stderr
+
+
+# train.py's main, then the names of the gloo threads still running in this process
+THREADS_LEFT = """import glob, os, sys
+sys.path.insert(0, os.getcwd())
+import train
+from configurator import cli
+cli(train.main)
+names = [open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm")]
+print(f"rank {os.environ['RANK']}: gloo threads left {sorted(n for n in names if 'gloo' in n)}", flush=True)
+"""
 
 
 def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corpus, tmp_path):
@@ -288,13 +299,18 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     over 30 steps. The 1e-4 bound leaves room for summation-order differences (thread counts, backends)
     while any real mismatch exceeds it: the very same windows cut into 4 micro-batches of 4 instead of 2
     of 8 already move the loss by 2e-3 (bf16); other windows, a missed all-reduce or a wrong loss scale
-    by far more. The DDP run stops at step 4 and resumes to 8 under DDP, so resume is covered too."""
+    by far more. The DDP run stops at step 4 and resumes to 8 under DDP, so resume is covered too.
+    When train() returns, no gloo thread is left in either process: one still running could free a tensor of
+    the last collective while the interpreter exits, which aborts the process (issue 12's rare SIGABRT)."""
     common = ["--grad_accum=2", "--schedule=constant", "--eval_interval=4", "--dropout=0.0"]
     one = tmp_path / "one"
     run_train(corpus, one, "--max_iters=8", *common)
     ddp = tmp_path / "ddp"
-    log = torchrun(2, run_args(corpus, ddp, "--max_iters=4", *common))
+    (tmp_path / "threads_left.py").write_text(THREADS_LEFT)
+    log = torchrun(2, run_args(corpus, ddp, "--max_iters=4", *common), script=tmp_path / "threads_left.py")
     assert "x2 processes" in log and log.count("step 4 |") == 1  # only rank 0 prints
+    if sys.platform.startswith("linux"):  # (/proc)
+        assert "rank 0: gloo threads left []" in log and "rank 1: gloo threads left []" in log, log[-1500:]
     torchrun(2, run_args(corpus, ddp, "--max_iters=8", "--init_from=resume", *common))
     a, b = [e["loss"] for e in events(one, "train")], [e["loss"] for e in events(ddp, "train")]
     assert len(a) == len(b) == 8
@@ -303,6 +319,16 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     assert events(ddp, "train")[-1]["tokens"] == events(one, "train")[-1]["tokens"] == 8 * 2 * 8 * 32
     keys = torch.load(ddp / "last.pt", weights_only=True)["model"].keys()
     assert not any(k.startswith("module.") for k in keys)
+
+
+def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
+    """Rank 0 alone takes the run lock, before the processes connect: held by another run, rank 0's one line
+    ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""
+    out = tmp_path / "ddp"
+    with train.RunLock(out):
+        err = torchrun(2, run_args(corpus, out, "--max_iters=4"), ok=False)
+        assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
+        assert [p.name for p in out.iterdir()] == ["run.lock"]
 
 
 # ----------------------------------------------------------------------------- bench.py

@@ -1,7 +1,8 @@
 """Every bad input is one line on stderr (`error: ...`), exit code 2, no traceback, and no file is touched:
 config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a run that would be
-overwritten, an unwritable out_dir, bad prompts. A few go through real `python train.py/sample.py` processes,
-the rest through configurator.cli in process (the same wrapper, without the cost of importing torch again).
+overwritten, an out_dir another run holds, an unwritable out_dir, bad prompts. A few go through real
+`python train.py/sample.py` processes, the rest through configurator.cli in process (the same wrapper, without
+the cost of importing torch again).
 
     python -m pytest -q tests/test_errors.py
 """
@@ -227,6 +228,23 @@ def test_a_new_run_never_overwrites_an_old_one(run, data, capsys, monkeypatch):
     err = cli_error(train.main, flags(data, run, "--max_iters=5"), capsys, monkeypatch)
     assert f"{run} already holds a run (last.pt): continue it with --init_from=resume" in err
     assert snapshot(run) == before
+
+
+def test_a_locked_out_dir_is_refused_and_the_lock_is_released_on_errors(run, data, tmp_path, capsys, monkeypatch):
+    before = snapshot(run)
+    with train.RunLock(run):  # another run training there (this process, for the test)
+        held = json.loads((run / "run.lock").read_text())
+        for extra in (["--init_from=resume"], []):
+            err = cli_error(train.main, flags(data, run, *extra), capsys, monkeypatch)
+            assert err.startswith(f"error: {run} is in use by another training run (pid {os.getpid()} on "
+                                  f"{held['host']}, started {held['started']}): wait for it to end"), err
+        assert json.loads((run / "run.lock").read_text()) == held
+    assert snapshot(run) == before
+    err = cli_error(train.main, flags(data, run, "--init_from=resume", "--n_layer=3"), capsys, monkeypatch)
+    assert "resume takes the model from the checkpoint" in err and snapshot(run) == before  # released on an error
+    out = tmp_path / "new" / "run"
+    cli_error(train.main, flags(data, out, "--init_from=resume"), capsys, monkeypatch)
+    assert not (tmp_path / "new").exists()  # the folders made for the lock go with it when nothing was written
 
 
 def test_resume_mismatches(run, data, dataset, tmp_path, capsys, monkeypatch):
