@@ -17,7 +17,8 @@ slows them alike; the best round counts. MFU is model FLOPs (6 per parameter per
 per second over the peak matmul throughput of the same dtype, measured here with a large matmul.
 
 The budget benchmark runs `python train.py` once per recipe (and repeat, interleaved) on one prepared
-dataset with one wall-clock budget, evaluating only at the start and the end, and tabulates steps,
+dataset with one wall-clock budget, evaluating every EVAL_EVERY steps (the best checkpoint counts: long
+runs on a small corpus overfit), and tabulates steps,
 tokens seen, tokens/s and the best checkpoint's loss on the whole val split (train.py's final
 evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, and the defaults.
@@ -41,6 +42,7 @@ WHAT = ("train", "tokenize", "generate", "budget")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget takes minutes per recipe
 REPO = os.path.dirname(os.path.abspath(__file__))
 
+EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays for out of its budget
 # GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
 GPT2_RECIPE = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--activation=gelu", "--zero_init=False",
                "--logit_softcap=0", "--tie_weights=True", "--bias=True", "--optimizer=adamw", "--schedule=cosine",
@@ -67,6 +69,7 @@ class BenchConfig:
     budget: float = 2.5  # budget: minutes of training per run
     repeats: int = 1  # budget: runs per recipe (interleaved rounds; min and median reported)
     recipes: str = "nanogpt,gpt2-tuned,default"  # budget: comma-separated names from RECIPES
+    parallel: bool = False  # budget: a round's recipes train at the same time, the CPU threads split between them
     threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
     seed: int = 0
 
@@ -227,19 +230,28 @@ def bench_budget(bc):
             raise UserError(f"dataset {bc.dataset} is not prepared: run python prepare.py ... first (see README)")
         subprocess.run([sys.executable, "prepare.py", "pycode"], cwd=REPO, check=True)
     root = os.path.join(REPO, "out", f"bench-budget-{bc.dataset}-{bc.budget:g}m")
-    print(f"\nloss at equal wall clock: {bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe "
-          f"-> {root}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // len(names)) if bc.parallel else 0
+    how = f", the recipes side by side ({threads} CPU thread(s) each)" if bc.parallel else ""
+    print(f"\nloss at equal wall clock: {bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe"
+          f"{how} -> {root}", flush=True)
     runs = {n: [] for n in names}
     for r in range(bc.repeats):  # interleaved: a slow spell of a shared machine hits every recipe alike
+        started = []
         for name in names:
             out = os.path.join(root, f"{name}-{r}")
             shutil.rmtree(out, ignore_errors=True)
             argv = [sys.executable, "train.py", f"--dataset={bc.dataset}", f"--out_dir={out}", f"--device={bc.device}",
-                    f"--time_budget={bc.budget}", "--max_iters=100000000", "--eval_interval=100000000",
+                    f"--time_budget={bc.budget}", "--max_iters=100000000", f"--eval_interval={EVAL_EVERY}",
                     "--log_interval=100", "--final_eval_tokens=0", *RECIPES[name]]
-            done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-            if done.returncode:
-                raise UserError(f"recipe {name} failed: {done.stderr.strip().splitlines()[-1:]}")
+            env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            started.append((name, out, proc))
+            if not bc.parallel:
+                proc.communicate()
+        for name, out, proc in started:
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise UserError(f"recipe {name} failed: {err.strip().splitlines()[-1:]}")
             with open(os.path.join(out, "results.json")) as f:
                 runs[name].append(json.load(f))
             res = runs[name][-1]
@@ -254,7 +266,7 @@ def bench_budget(bc):
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(root, "table.md"), "w") as f:
-        f.write(f"{bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe\n\n{table}\n")
+        f.write(f"{bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe{how}\n\n{table}\n")
     return runs
 
 

@@ -27,7 +27,7 @@ GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-mediu
 GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's BPE vocabulary (tiktoken's gpt2) and its <|endoftext|>
 LAYER_NORM_EPS = 1e-5  # GPT-2's, and nn.LayerNorm's default
 TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}  # ours -> activation_function (gelu_new: tanh)
-FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu2": "relu2"}
 # our state_dict names -> GPT-2's (below `transformer.`), and the weights stored transposed (Conv1D)
 RENAMES = [("blocks.", "h."), (".ln1.", ".ln_1."), (".ln2.", ".ln_2."), (".attn.qkv.", ".attn.c_attn."),
            (".attn.proj.", ".attn.c_proj."), (".mlp.fc.", ".mlp.c_fc."), (".mlp.proj.", ".mlp.c_proj.")]

@@ -60,10 +60,10 @@ def test_onecycle_rises_falls_then_annihilates_with_momentum_opposite():
     assert moms[0] == pytest.approx(0.9) and moms[80] == pytest.approx(0.8) == min(moms)
     assert moms[160] == pytest.approx(0.9) and moms[200] == pytest.approx(0.9)
     assert moms[40] == pytest.approx(0.85) and moms[120] == pytest.approx(0.85)
-    adam = cfg_of("--schedule=onecycle", "--beta1=0.95", "--momentum_min=0.85")  # adamw cycles beta1
+    adam = cfg_of("--optimizer=adamw", "--schedule=onecycle", "--beta1=0.95", "--momentum_min=0.85")  # adamw cycles beta1
     assert train.get_momentum(0.0, adam) == pytest.approx(0.95)
     assert train.get_momentum(adam.cycle_rise, adam) == pytest.approx(0.85)
-    assert train.get_momentum(0.5, cfg_of("--schedule=cosine", "--beta1=0.93")) == 0.93  # constant elsewhere
+    assert train.get_momentum(0.5, cfg_of("--optimizer=adamw", "--schedule=cosine", "--beta1=0.93")) == 0.93  # constant elsewhere
 
 
 def test_invsqrt_step_and_constant_schedules():
@@ -89,7 +89,7 @@ def test_invsqrt_step_and_constant_schedules():
 
 def test_schedules_end_with_the_time_budget():
     """Under a budget the schedule runs on elapsed time: half the budget is half the cosine, whatever the step."""
-    cfg = cfg_of("--lr=1e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=0", "--time_budget=10")
+    cfg = cfg_of("--schedule=cosine", "--lr=1e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=0", "--time_budget=10")
     assert train.get_lr(7, train.progress_of(7, 300.0, cfg), cfg) == pytest.approx(5e-4)
     assert train.get_lr(9, train.progress_of(9, 600.0, cfg), cfg) == pytest.approx(0.0)
     one = cfg_of("--schedule=onecycle", "--max_iters=0", "--time_budget=10", "--cycle_rise=0.5")
@@ -268,7 +268,7 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
     out = tmp_path / "run"
     run_train(corpus, out, "--max_iters=2", "--eval_interval=2", "--compile=True")
     keys = set(torch.load(out / "ckpt.pt", weights_only=True)["model"])
-    fresh = train.build_model("gpt", dict(vocab_size=94, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    fresh = train.build_model("gpt", train.model_args(cfg_of(*TINY), 94))
     assert keys == set(fresh.state_dict()) and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
 
 
@@ -335,7 +335,7 @@ def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
 
 def test_bench_times_every_setting_on_one_model():
     import bench
-    cfg = train.TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    cfg = train.TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, pos_emb="learned")
     settings = [("plain", "float32", False, False), ("bf16", "bfloat16", False, True)]
     rows = bench.bench_model("tiny", cfg, 2, 16, 32, "cpu", settings, 2, {"float32": 1e9, "bfloat16": 2e9})
     assert [r["setting"] for r in rows] == ["plain", "bf16"] and rows[0]["vs_plain"] == 1.0

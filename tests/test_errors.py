@@ -241,7 +241,7 @@ def test_a_locked_out_dir_is_refused_and_the_lock_is_released_on_errors(run, dat
         assert json.loads((run / "run.lock").read_text()) == held
     assert snapshot(run) == before
     err = cli_error(train.main, flags(data, run, "--init_from=resume", "--n_layer=3"), capsys, monkeypatch)
-    assert "resume takes the model from the checkpoint" in err and snapshot(run) == before  # released on an error
+    assert "resume keeps the model and optimizer of the checkpoint" in err and snapshot(run) == before  # released on an error
     out = tmp_path / "new" / "run"
     cli_error(train.main, flags(data, out, "--init_from=resume"), capsys, monkeypatch)
     assert not (tmp_path / "new").exists()  # the folders made for the lock go with it when nothing was written

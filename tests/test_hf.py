@@ -23,7 +23,7 @@ import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
 from conftest import code_text, prepare_text  # noqa: E402
-from model import generate  # noqa: E402
+from model import GPTConfig, generate  # noqa: E402
 from test_crash import REPO, events, flags, snapshot  # noqa: E402
 from test_errors import cli_error, check_one_line  # noqa: E402
 
@@ -34,6 +34,9 @@ TINY_GPT2 = dict(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4, 
 # Same float32 arithmetic in another order (transformers spells out the tanh GELU and runs its own attention):
 # the logits, of size ~3, differ by float32 rounding (~1e-6), far below any mistake in the conversion (~1e-1).
 ATOL = 1e-5
+# GPT-2's architecture, which TrainConfig's defaults (the modern recipe) are not: what export can write
+GPT2_ARCH = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--activation=gelu", "--bias=True",
+             "--tie_weights=True", "--zero_init=False"]
 
 
 def tiny_gpt2(path, seed=0, std=0.3, **config):
@@ -147,7 +150,8 @@ def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monke
     assert "gpt2: context cropped to block_size=32 of its 64 positions" in printed
     assert "fine-tuning keeps the checkpoint's shape: n_layer=2" in printed
     ckpt = train.load_checkpoint(out / "last.pt")
-    assert ckpt["model_args"] == {**hf.load_pretrained(f"hf:{gpt2_dir}", block_size=32)["model_args"]}
+    imported = hf.load_pretrained(f"hf:{gpt2_dir}", block_size=32)["model_args"]
+    assert GPTConfig(**ckpt["model_args"]) == GPTConfig(**imported)  # (the run lists every option's value)
     assert ckpt["model"]["wpe.weight"].shape == (32, 32) and ckpt["meta"]["tokenizer"] == "gpt2"
     # it started from GPT-2's weights: the first eval is transformers' loss on the same windows
     val = prepare.open_split(gpt2_data / "code", "val")
@@ -166,10 +170,11 @@ def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monke
 # ----------------------------------------------------------------------------- export
 
 @pytest.mark.parametrize("options", [[], ["--bias=False", "--tie_weights=False", "--activation=gelu_tanh",
-                                          "--mlp_ratio=3", "--dropout=0.1"]])
+                                          "--mlp_ratio=3", "--dropout=0.1"],
+                                     ["--activation=relu2", "--zero_init=True", "--tie_weights=False"]])
 def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, options, capsys, monkeypatch):
     run = tmp_path / "run"
-    train.train(load_config(train.TrainConfig(), flags(gpt2_data, run, "--max_iters=4", "--eval_interval=4", *options)))
+    train.train(load_config(train.TrainConfig(), flags(gpt2_data, run, "--max_iters=4", "--eval_interval=4", *GPT2_ARCH, *options)))
     to = tmp_path / "exported"
     monkeypatch.setattr(sys, "argv", ["export.py", f"--out_dir={run}", f"--to={to}"])
     capsys.readouterr()
@@ -187,14 +192,15 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
     text = code_text()[:3000]
     assert transformers.AutoTokenizer.from_pretrained(to).encode(text) == prepare.Tokenizer("gpt2").encode(text)
     again = train.model_from_checkpoint(hf.load_pretrained(f"hf:{to}", dropout=ours.cfg.dropout)).eval()  # back in
-    assert dataclasses.replace(again.cfg, bias=ours.cfg.bias) == ours.cfg  # bias=False came back as zero biases
+    # bias=False came back as zero biases; zero_init only set the starting weights, which the file does not record
+    assert dataclasses.replace(again.cfg, bias=ours.cfg.bias, zero_init=ours.cfg.zero_init) == ours.cfg
     with torch.no_grad():
         assert torch.allclose(again(idx)[0], ours(idx)[0], rtol=0, atol=1e-6)
 
 
 def test_a_byte_level_run_exports_without_tokenizer_files(tmp_path, capsys):
     data = prepare_text(tmp_path, "code", code_text()[:30_000], tokenizer="byte")
-    train.train(load_config(train.TrainConfig(), flags(data, tmp_path / "run", "--max_iters=2")))
+    train.train(load_config(train.TrainConfig(), flags(data, tmp_path / "run", "--max_iters=2", *GPT2_ARCH)))
     capsys.readouterr()
     export.main([f"--out_dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out
@@ -232,12 +238,12 @@ def test_export_problems_of_options_read_with_their_gpt2_defaults():
     """Options that may come after this file (norm, qk_norm, relu2, logit_softcap, anything else) are named."""
     args = {"n_head": 4, "vocab_size": 50257}
     assert hf.export_problems("gpt", args, {"tokenizer": "gpt2"}) == []  # an old checkpoint: GPT-2's defaults
-    odd = {**args, "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "logit_softcap": 30.0, "parallel": True,
+    odd = {**args, "norm": "rmsnorm", "qk_norm": True, "activation": "swish", "logit_softcap": 30.0, "parallel": True,
            "pos_emb": "sinusoidal", "n_kv_head": 4}
     assert hf.export_problems("gpt", odd, {"tokenizer": "word"}) == [
         "pos_emb=sinusoidal (GPT-2 learns its position embeddings)", "norm=rmsnorm (GPT-2 uses LayerNorm)",
         "qk_norm=True (GPT-2 does not normalize queries and keys)",
-        "activation=relu2 (GPT-2's format takes gelu or gelu_tanh)",
+        "activation=swish (GPT-2's format takes gelu or gelu_tanh or relu2)",
         "logit_softcap=30.0 (GPT-2 does not cap its logits)", "parallel=True (export does not know this option)",
         "a word vocabulary (no Hugging Face tokenizer reads it; prepare the data with --tokenizer=gpt2)"]
 
@@ -299,4 +305,4 @@ def test_gpt2_weights_need_a_gpt2_tokenized_dataset(gpt2_dir, tmp_path, capsys, 
            f"with --tokenizer=gpt2" in err
     assert snapshot(data / "code") == before and not (tmp_path / "out").exists()
     err = cli_error(train.main, flags(data, tmp_path / "out", "--activation=relu"), capsys, monkeypatch)
-    assert "activation must be one of gelu, gelu_tanh, not 'relu'" in err
+    assert "activation must be one of gelu, gelu_tanh, relu2, not 'relu'" in err

@@ -208,10 +208,11 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
     small = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--final_eval_tokens=500"]
     monkeypatch.setitem(bench.RECIPES, "nanogpt", bench.RECIPES["nanogpt"] + small)
     monkeypatch.setitem(bench.RECIPES, "default", bench.RECIPES["default"] + small + ["--block_size=32"])
-    bc = load_config(bench.BenchConfig(), ["--dataset=code", "--budget=0.05", "--recipes=nanogpt,default"])
+    bc = load_config(bench.BenchConfig(), ["--dataset=code", "--budget=0.05", "--recipes=nanogpt,default",
+                                                "--parallel=True"])
     runs = bench.bench_budget(bc)
     out = capsys.readouterr().out
-    assert "| recipe | steps | tokens seen | tokens/s | val loss (min)" in out
+    assert "side by side (1 CPU thread(s) each)" in out and "| recipe | steps | tokens seen | tokens/s | val loss (min)" in out
     for name in ("nanogpt", "default"):
         (res,) = runs[name]
         assert res["iters"] > 0 and 2.0 <= res["wall_time_s"] < 30 and res["val_tokens_scored"] > 0
@@ -219,3 +220,16 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
     assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
     with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
         bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))
+
+
+def test_modern_config_is_the_defaults_and_seed_configs_pin_gpt2():
+    repo = Path(train.__file__).parent
+    layer = load_config(train.TrainConfig(), [str(repo / "config" / "modern.py")])
+    assert layer == train.TrainConfig()  # config/modern.py restates the defaults, nothing else
+    for seed in ("char_enwik8", "wikitext2", "plwiki_gpt"):
+        cfg = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py")])
+        assert (cfg.pos_emb, cfg.norm, cfg.qk_norm, cfg.activation, cfg.zero_init, cfg.bias) == \
+            ("learned", "layernorm", False, "gelu", False, True), seed
+        modern = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py"), str(repo / "config" / "modern.py")])
+        assert (modern.n_layer, modern.n_embd, modern.dataset) == (cfg.n_layer, cfg.n_embd, cfg.dataset)
+        assert (modern.optimizer, modern.schedule, modern.norm) == ("muon", "wsd", "rmsnorm")

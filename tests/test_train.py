@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- pure pieces
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = train.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
+    cfg = train.TrainConfig(schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
     lrs = [train.get_lr(it, train.progress_of(it, 0, cfg), cfg) for it in range(101)]
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # warmup rises
     assert lrs[0] == pytest.approx(1e-3 / 11)

@@ -1,0 +1,24 @@
+# The modern recipe as a layer over any GPT config: its architecture, optimizer and schedule (TrainConfig's
+# defaults, measured by `python bench.py budget`), keeping the size, data and budget of the config under it.
+#   python train.py config/char_enwik8.py config/modern.py     # seed 004's model size, the modern recipe
+# tests/test_recipe.py checks that these values are TrainConfig's. The peak LR, 4e-3, was measured on
+# 4 x 128 models; bigger ones usually want less (try --lr=1e-3, or --lr_find=True).
+pos_emb = "rope"
+norm = "rmsnorm"
+qk_norm = True
+activation = "relu2"
+zero_init = True
+logit_softcap = 0.0
+tie_weights = False
+bias = False
+optimizer = "muon"
+lr = 4e-3
+muon_lr_scale = 1.0
+muon_momentum = 0.95
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+schedule = "wsd"
+warmup_iters = 50
+decay_frac = 0.5
+decay_shape = "linear"
