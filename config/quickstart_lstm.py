@@ -11,5 +11,7 @@ n_layer = 2
 n_embd = 224
 n_hidden = 224
 tie_weights = True
-lr = 3e-3                # an LSTM takes a larger LR than the GPT's 2e-3
-min_lr = 3e-4
+lr = 3e-3
+min_lr = 3e-4            # (cosine only)
+# Muon (the default, inherited) helps the LSTM's gate matrices too: 90 s on pycode, batch 32 x 128, lr 3e-3,
+# cosine, reached val loss 1.681 with Muon vs 1.799 with AdamW, though Muon's steps were 23% slower.

@@ -1,9 +1,7 @@
 """The modern recipe: model options (RMSNorm, QK-norm, ReLU², zero-init, logit soft-capping), the
-warmup-stable-decay schedule, Muon for the hidden matrices with AdamW for the rest, and a faithful resume
-with both optimizers; the bad inputs each option adds; bench.py's budget comparison on a tiny corpus."""
-import json
+warmup-stable-decay schedule, Muon for the hidden matrices with AdamW for the rest (test_train.py resumes
+it bit-exactly); the bad inputs each option adds; bench.py's budget comparison on a tiny corpus."""
 import math
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,22 +10,12 @@ import torch
 import bench
 import train
 from configurator import UserError, load_config
-from conftest import code_text, prepare_text
 from model import GPT, GPTConfig, RMSNorm, generate
+from test_train import corpus, run_train  # noqa: F401 (corpus is a fixture)
 
 TINY_MODEL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-        "--eval_iters=2", "--log_interval=5", "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=2000"]
 MODERN = dict(norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True, logit_softcap=10.0,
               tie_weights=False, pos_emb="rope")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cfg_of(*argv):
@@ -133,6 +121,13 @@ def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     assert muon.param_groups[0]["momentum"] == pytest.approx(0.95) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.9)
 
 
+def test_muon_without_hidden_matrices_is_a_user_error():
+    bare = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 0}))  # embeddings and the output layer only
+    with pytest.raises(UserError, match="optimizer=muon needs 2-D hidden weight matrices.*--optimizer=adamw"):
+        train.make_optimizers(cfg_of("--optimizer=muon", "--n_layer=0"), bare, "cpu")
+    assert len(train.make_optimizers(cfg_of("--optimizer=adamw"), bare, "cpu")) == 1
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--decay_frac=0"], r"decay_frac must be in \(0, 1\]"),
     (["--decay_frac=1.5"], r"decay_frac must be in \(0, 1\]"),
@@ -146,46 +141,6 @@ def test_bad_recipe_settings_are_user_errors(argv, message):
 
 
 # ----------------------------------------------------------------------------- real tiny runs
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    prepare_text(root, "code", code_text() * 3)
-    return root
-
-
-def run_train(corpus, out, *extra):
-    return train.train(cfg_of(f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", *TINY, *extra))
-
-
-def losses(out):
-    return [e["loss"] for e in map(json.loads, open(Path(out) / "metrics.jsonl")) if e["event"] == "train"]
-
-
-MUON_RUN = ["--optimizer=muon", "--schedule=wsd", "--norm=rmsnorm", "--qk_norm=True", "--activation=relu2",
-            "--zero_init=True", "--tie_weights=False", "--pos_emb=rope", "--max_iters=30", "--eval_interval=15",
-            "--dropout=0.1"]
-
-
-def test_muon_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train(corpus, straight, *MUON_RUN)
-    draw, calls = train.Batches.next, []
-
-    def interrupted(self):  # Ctrl-C while step 15 runs: the run saves and stops after it
-        calls.append(1)
-        if len(calls) == 15:
-            signal.raise_signal(signal.SIGINT)
-        return draw(self)
-    monkeypatch.setattr(train.Batches, "next", interrupted)
-    assert run_train(corpus, split, *MUON_RUN)["iters"] == 15
-    monkeypatch.undo()
-    saved = torch.load(split / "last.pt", weights_only=True)["optimizer"]
-    assert len(saved) == 2 and saved[0]["state"] and saved[1]["state"]  # both optimizers' states
-    run_train(corpus, split, *MUON_RUN, "--init_from=resume")
-    assert losses(split) == losses(straight) and len(losses(straight)) == 6  # bit-identical
-    assert losses(straight)[-1] < losses(straight)[0] - 0.5  # and it learns
-
 
 def test_resume_refuses_flags_for_another_architecture_or_optimizer(corpus, tmp_path):
     out = tmp_path / "run"

@@ -153,9 +153,14 @@ def test_best_checkpoint_is_only_replaced_by_a_better_one(corpus, tmp_path):
     assert last["iter"] == 20 and best["iter"] == min(evals, key=lambda e: e["val_loss"])["step"]
 
 
-def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch):
+GPT2_ADAMW = ["--optimizer=adamw", "--schedule=cosine", "--pos_emb=learned", "--norm=layernorm", "--qk_norm=False",
+              "--tie_weights=True"]
+
+
+@pytest.mark.parametrize("recipe", [[], GPT2_ADAMW], ids=["defaults-muon", "gpt2-adamw"])
+def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch, recipe):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1")
+    run_train(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
 
     draw = train.Batches.next
     calls = []
@@ -166,12 +171,14 @@ def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch
             signal.raise_signal(signal.SIGINT)
         return draw(self)
     monkeypatch.setattr(train.Batches, "next", interrupted)
-    first = run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1")
+    first = run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
     assert first["iters"] == 15
     monkeypatch.undo()
-    run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume")
+    saved = torch.load(split / "last.pt", weights_only=True)["optimizer"]
+    assert len(saved) == (1 if recipe else 2) and all(o["state"] for o in saved)  # Muon's and AdamW's states
+    run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume", *recipe)
     assert losses(split) == losses(straight)  # bit-identical: same batches, dropout masks, optimizer state
-    assert len(losses(straight)) == 6
+    assert len(losses(straight)) == 6 and losses(straight)[-1] < losses(straight)[0] - 0.5
 
 
 def test_sample_from_the_trained_run(corpus, tmp_path):
