@@ -117,7 +117,8 @@ def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(d
     first = subprocess.Popen([sys.executable, "train.py", *flags(data, out, *quiet)], cwd=REPO, env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(first, out, lambda ev: (out / "last.pt").exists())  # step 0's eval saved (ckpt.pt, then last.pt)
+        # step 0's eval saved last.pt, then ckpt.pt (the last write until the run ends)
+        wait_for(first, out, lambda ev: (out / "ckpt.pt").exists() and not list(out.glob("*.tmp")))
         lock = json.loads((out / "run.lock").read_text())
         assert (lock["pid"], lock["host"]) == (first.pid, socket.gethostname())
         before = snapshot(out)
