@@ -215,7 +215,9 @@ def bench_tokenize(bc):
 def bench_generate(bc):
     import sample
     print("\ngeneration (sample.benchmark):")
-    return sample.benchmark()  # prints its own table
+    shapes = ("quickstart", "gpt2-124M") if bc.big else ("quickstart",)
+    modes = tuple(sample.BENCH_MODES) if bc.compile else ("old", "eager")
+    return sample.benchmark(None if bc.device == "auto" else bc.device, shapes=shapes, modes=modes)  # prints a table
 
 
 def bench_budget(bc):

@@ -4,6 +4,8 @@ A GPT-2-style decoder-only transformer, and the one `generate` that serves every
     model = GPT(GPTConfig(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128))
     logits, loss = model(idx, targets)        # (B, T, V) logits, mean cross-entropy
     logits, cache = model.step(idx, cache)    # incremental: only the new tokens, KV cache carried
+    cache = model.new_state(capacity)         # an empty static KV cache (block_size slots by default)
+    model.compile_step()                      # one-token steps run torch.compile'd (sample.py decides)
     out = generate(model, idx, 100, temperature=0.8, top_p=0.9)     # (B, T + 100)
     for nxt in stream(model, idx, 100): ...   # the same loop, one (B, 1) token at a time
 
@@ -30,7 +32,9 @@ from configurator import UserError
 
 INIT_STD = 0.02  # GPT-2's weight init
 ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
-SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
+SINUSOID_BASE = 10000.0
+INT8_MAX_ROWS = 16  # Int8Linear: inputs of up to this many rows (tokens x batch) use the int8 kernel
+CACHE_ROUND = 64  # KV cache sizes are multiples of this (each size is one compiled decode step)  # "Attention Is All You Need" position encoding wavelengths
 POS_EMBS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 # the MLP's nonlinearity: exact GELU, the tanh approximation GPT-2 was trained with, or ReLU squared
@@ -78,28 +82,39 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far; `pos` is how many there are.
+    """Keys and values of every layer, in a static shape, so a one-token step compiles once.
 
-    Each layer's keys and values live in one tensor (B, n_kv_head, capacity, head_size) allocated at
-    the first write (capacity = block_size: a GPT never sees more), so a step writes its new entries
-    in place instead of copying the whole cache (torch.cat). With RoPE the keys are stored rotated."""
+    Each layer's keys and values live in one zero-filled tensor (B, n_kv_head, capacity, head_size),
+    allocated at the first write; a step writes its entries in place at the positions held in the
+    device tensor `pos` (how many tokens are cached), and attention reads all `capacity` entries with
+    a mask over the unwritten ones, so no shape changes as `pos` advances. `length` is `pos` on the
+    host (bounds checks without a device sync). With RoPE the keys are stored rotated."""
 
-    def __init__(self, n_layer, capacity):
+    def __init__(self, n_layer, capacity, device=None):
         self.k = [None] * n_layer
         self.v = [None] * n_layer
         self.capacity = capacity
-        self.pos = 0
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.length = 0
 
-    def update(self, layer, k, v):
-        """Append k, v (B, nkv, T, hs) after the first `pos` entries; return all of them (B, nkv, pos + T, hs)."""
-        B, nkv, T, hs = k.size()
+    def reset(self):
+        """Empty, keeping the buffers (a CUDA graph recorded on them stays valid)."""
+        self.pos.zero_()
+        self.length = 0
+        return self
+
+    def update(self, layer, k, v, positions):
+        """Write k, v (B, nkv, T, hs) at positions (T,); return the whole buffers (B, nkv, capacity, hs)."""
         if self.k[layer] is None:
-            self.k[layer] = k.new_empty(B, nkv, self.capacity, hs)
-            self.v[layer] = v.new_empty(B, nkv, self.capacity, hs)
-        end = self.pos + T
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+            B, nkv, _, hs = k.size()
+            self.k[layer] = k.new_zeros(B, nkv, self.capacity, hs)  # zeros: masked entries must not be NaN
+            self.v[layer] = v.new_zeros(B, nkv, self.capacity, hs)
+            if k.is_cuda:  # CUDA graphs may replay on buffers that are written in place
+                torch._dynamo.mark_static_address(self.k[layer])
+                torch._dynamo.mark_static_address(self.v[layer])
+        self.k[layer].index_copy_(2, positions, k)
+        self.v[layer].index_copy_(2, positions, v)
+        return self.k[layer], self.v[layer]
 
 
 def sinusoids(n_pos, dim, base):
@@ -127,10 +142,10 @@ def rotate(x, cos, sin):
 
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm computed in fp32 and returned in the input's dtype, as autocast does for LayerNorm
-    (with a bf16 input and an fp32 gain, PyTorch falls back to a slow unfused kernel)."""
+    (PyTorch's fused kernel needs the input and the gain in one dtype: the gain may be bf16 in sample.py)."""
 
     def forward(self, x):
-        return F.rms_norm(x.float(), self.normalized_shape, self.weight, self.eps).type_as(x)
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).type_as(x)
 
 
 def make_norm(cfg, dim):
@@ -149,7 +164,8 @@ class CausalSelfAttention(nn.Module):
         if cfg.qk_norm:  # bounded attention logits: every head's queries and keys get unit RMS (times a gain)
             self.q_norm, self.k_norm = RMSNorm(self.hs), RMSNorm(self.hs)
 
-    def forward(self, x, cache=None, rope=None):
+    def forward(self, x, cache=None, rope=None, where=None):
+        """where = (positions (T,), mask (T, capacity)) of the new tokens, with a cache."""
         B, T, C = x.size()
         kv = self.n_kv_head * self.hs
         q, k, v = self.qkv(x).split([C, kv, kv], dim=2)
@@ -160,15 +176,19 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, nkv, past + T, hs)
-        past = k.size(2) - T
-        mask, causal = None, past == 0  # one new token after the cache sees every key: no mask
-        if past and T > 1:  # new query i sees every cached key and the new keys up to itself
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        if cache is None:  # a causal forward over the whole sequence
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+                                               enable_gqa=self.n_kv_head != self.n_head)
+        else:  # new queries against every cache slot, unwritten and future ones masked
+            k, v = cache.update(self.layer, k, v, where[0])  # (B, nkv, capacity, hs)
+            if T > 1:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=where[1], enable_gqa=self.n_kv_head != self.n_head)
+            else:  # one query per head: two small products, each key head's query heads as the rows of one
+                # (with a mask the fused CPU kernel measured 10x slower for this, ~0.5 ms per layer at 124M)
+                q = q.view(B, self.n_kv_head, self.n_head // self.n_kv_head, self.hs)
+                att = (q @ k.transpose(-2, -1)).float() * self.hs ** -0.5  # (B, nkv, group, capacity)
+                att = att.masked_fill(~where[1], float("-inf")).softmax(dim=-1)
+                y = (att.to(v.dtype) @ v).view(B, self.n_head, 1, self.hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -194,8 +214,8 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None, rope=None):
-        x = x + self.attn(self.ln1(x), cache, rope)
+    def forward(self, x, cache=None, rope=None, where=None):
+        x = x + self.attn(self.ln1(x), cache, rope, where)
         return x + self.mlp(self.ln2(x))
 
 
@@ -207,6 +227,7 @@ class GPT(nn.Module):
         # could be computed further, but predictions past the trained length degrade, so generate()
         # slides the window instead (see there).
         self.context_limit = cfg.block_size
+        self.compiled_step = None  # compile_step() sets it
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_emb == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -242,22 +263,25 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _run(self, idx, cache=None):
-        B, T = idx.size()
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}")
+        """Logits (B, T, V) of idx (B, T): the whole sequence, or the tokens after those in `cache`. With a
+        cache every position is a tensor (no host value changes from step to step: compiles once)."""
+        T = idx.size(1)
+        pos, where = torch.arange(T, device=idx.device), None
+        if cache is not None:
+            pos = cache.pos + pos
+            where = pos, torch.arange(cache.capacity, device=idx.device) <= pos[:, None]  # (T, capacity)
         x, rope = self.wte(idx), None  # (B, T, C)
         if self.cfg.pos_emb == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(pos)
         elif self.cfg.pos_emb == "sinusoidal":
-            x = x + self.pos_table[start:start + T].to(x.dtype)
+            x = x + self.pos_table[pos].to(x.dtype)
         else:
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs/2) each
+            rope = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs/2) each
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, where)
         if cache is not None:
-            cache.pos += T
+            cache.pos.add_(T)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if self.cfg.logit_softcap > 0:  # smoothly bounded to (-c, c), computed in fp32
             c = self.cfg.logit_softcap
@@ -265,16 +289,37 @@ class GPT(nn.Module):
         return logits
 
     def forward(self, idx, targets=None):
+        if idx.size(1) > self.cfg.block_size:
+            raise ValueError(f"sequence of {idx.size(1)} tokens is longer than block_size={self.cfg.block_size}")
         logits = self._run(idx)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
+    def new_state(self, capacity=None):
+        """An empty KV cache for `capacity` tokens or more: rounded up to a multiple of CACHE_ROUND (so
+        prompts of other lengths reuse a compiled step), at most and by default block_size."""
+        capacity = min(-(-(capacity or self.cfg.block_size) // CACHE_ROUND) * CACHE_ROUND, self.cfg.block_size)
+        return KVCache(self.cfg.n_layer, capacity, self.wte.weight.device)
+
     def step(self, idx, state=None):
-        """Forward only the new tokens idx (B, T), attending to the cached ones; returns (logits, cache)."""
-        cache = state if state is not None else KVCache(self.cfg.n_layer, self.cfg.block_size)
-        return self._run(idx, cache), cache
+        """Forward only the new tokens idx (B, T), attending to the cached ones; returns (logits, cache).
+        A one-token step runs the compiled step when compile_step() made one."""
+        cache = state if state is not None else self.new_state()
+        T = idx.size(1)
+        if cache.length + T > cache.capacity:
+            raise ValueError(f"{cache.length} cached + {T} new tokens do not fit the cache of {cache.capacity}")
+        run = self.compiled_step if T == 1 and self.compiled_step is not None else self._run
+        logits = run(idx, cache)
+        cache.length += T
+        return logits, cache
+
+    def compile_step(self, inductor=None, **options):
+        """torch.compile the one-token step (sample.py picks the options for each device). `inductor`:
+        Inductor settings, applied while it compiles (freezing is read outside torch.compile's options)."""
+        step = torch.compile(self._run, fullgraph=True, dynamic=False, **options)
+        self.compiled_step = torch._inductor.config.patch(inductor)(step) if inductor else step
 
 
 def build_model(kind, args):
@@ -295,6 +340,40 @@ def config_fields(kind):
 
 
 # ----------------------------------------------------------------------------- generation
+
+class Int8Linear(nn.Module):
+    """nn.Linear with int8 weights, for generation: one scale per output row (absmax / 127, symmetric),
+    y = (x @ int8 weight^T) * scale + bias through torch._weight_int8pack_mm (CPU and CUDA kernels; on a
+    CPU Inductor lowers it to its own GEMM template under max_autotune). Half the bytes of bf16."""
+
+    def __init__(self, linear, dtype):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+        self.register_buffer("weight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.size(-1))
+        if rows.size(0) <= INT8_MAX_ROWS:  # decode: the int8 weights streamed once
+            y = torch._weight_int8pack_mm(rows, self.weight, self.scale)
+        else:  # a prefill: the weights dequantized once serve all the rows (the int8 kernel measured far slower)
+            y = F.linear(rows, self.weight.to(x.dtype)) * self.scale
+        y = y.view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_int8(model, dtype):
+    """Replace every nn.Linear of a GPT (attention, MLP, output layer) by an Int8Linear whose activations
+    are `dtype`; a tied output layer gets its own int8 copy (the embedding stays a lookup table)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear(child, dtype))
+    return model
+
+
 
 def filter_logits(logits, top_k=None, top_p=None):
     """Keep the top_k most likely tokens and the smallest set whose probability reaches top_p; -inf the rest."""
@@ -333,7 +412,7 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     crop = (lambda t: t) if limit is None else (lambda t: t[:, -limit:])
     if cache:
         context = crop(idx)
-        logits, state = model.step(context)
+        logits, state = model.step(context, model.new_state(idx.size(1) + max_new_tokens))
         n_cached = context.size(1)
     else:
         logits, _ = model(crop(idx))
@@ -345,8 +424,8 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         idx = torch.cat([idx, nxt], dim=1)
         if not cache:
             logits, _ = model(crop(idx))
-        elif limit is not None and n_cached >= limit:  # full: slide the window
-            logits, state = model.step(idx[:, -(limit - 1):])
+        elif limit is not None and n_cached >= limit:  # full: slide the window, refilling the same cache
+            logits, state = model.step(idx[:, -(limit - 1):], state.reset())
             n_cached = limit - 1
         else:
             logits, state = model.step(nxt, state)

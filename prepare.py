@@ -19,6 +19,7 @@ only once their sha256 (or size) checks out.
 
 Library use: load_meta(dir), open_split(dir, split), Tokenizer.from_meta(meta), benchmark().
 """
+import codecs
 import dataclasses
 import errno
 import hashlib
@@ -250,6 +251,18 @@ class Tokenizer:
         if None in ids:
             raise UserError("this word vocabulary has no <eos> token, so it cannot encode a newline")
         return np.array(ids, dtype=np.uint16)
+
+    def incremental_decoder(self):
+        """A function token -> the text it adds, where a text is the concatenation of its tokens' (char,
+        byte, gpt2): the bytes of an incomplete UTF-8 character wait for the rest. None for word and hf:
+        their decode() is not a concatenation (word joins with spaces; hf tokenizers merge pieces)."""
+        if self.kind == "char":
+            return self.vocab.__getitem__
+        if self.kind not in ("byte", "gpt2"):
+            return None
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        to_bytes = (lambda t: bytes((t,))) if self.kind == "byte" else self._enc.decode_single_token_bytes
+        return lambda t: utf8.decode(to_bytes(t))
 
     def decode(self, ids):
         ids = np.asarray(ids, dtype=np.int64)

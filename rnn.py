@@ -4,6 +4,7 @@ LSTM and GRU language models with the same interface as model.py's GPT.
     model = RNNLM(RNNConfig(vocab_size=256, n_layer=2, n_embd=128, n_hidden=256, cell="lstm"))
     logits, loss = model(idx, targets)        # (B, T, V) logits; every window starts from a zero state
     logits, state = model.step(idx, state)    # incremental: only the new tokens, (h, c) carried (h for GRU)
+    state = model.new_state()                 # the zero state (None), as GPT's empty KV cache
 
 Token embedding -> dropout -> n_layer stacked recurrent layers of n_hidden units (PyTorch's fused
 nn.LSTM / nn.GRU: cuDNN on a GPU, never a Python loop over time; dropout between layers) -> dropout ->
@@ -83,6 +84,10 @@ class RNNLM(nn.Module):
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # a tied weight is counted once
+
+    def new_state(self, capacity=None):
+        """The zero state (None: nn.LSTM/GRU start from zeros); no capacity, the state is fixed-size."""
+        return None
 
     def step(self, idx, state=None):
         """Forward the new tokens idx (B, T) from `state` (None = zero state); returns (logits, state)."""

@@ -6,7 +6,8 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which), and ben
     python sample.py --out_dir=out/enwik8 --start="The " --top_k=50 --top_p=0.9 --num_samples=5
     python sample.py --start=FILE:prompt.txt --max_new_tokens=1000 --seed=7 --stop='\\n\\n'
     python sample.py --prompts=prompts.txt --temperatures=0.5,1.0,1.5   # grid -> out_dir/generations.json
-    python sample.py --bench=True                      # decode tokens/s, cached vs uncached (random weights)
+    python sample.py --compile=True --quantize=int8    # compiled one-token step, int8 weights (see README)
+    python sample.py --bench=True                      # decode tokens/s vs the bandwidth limit (random weights)
     python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
 
 The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
@@ -14,9 +15,12 @@ divides the logits; top_k keeps the k likeliest tokens and top_p the smallest se
 reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch; each stops at the
 stop string (backslash escapes understood; the string is trimmed off) or at the tokenizer's
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
-token by token as it is generated. Prefill and decode speeds are reported after generating.
+token by token as it is generated (each new token decoded once). Prefill and decode speeds are
+reported after generating. The weights are cast once to the generation dtype (see generation_dtype);
+compile=None compiles the one-token step only when the generation is long enough to pay for it.
 With --init_from (GPT-2's weights, see hf.py) there is no checkpoint: the tokenizer is gpt2.
 """
+import contextlib
 import json
 import os
 import time
@@ -27,10 +31,17 @@ import torch
 import hf
 import prepare
 from configurator import UserError, cli, load_config
-from model import GPT, GPTConfig, KVCache, pick, stream
+from model import GPT, GPTConfig, quantize_int8, stream
 from train import CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
+QUANTIZE = ("", "int8")
+CPU_FP32_BYTES = 32 * 2**20  # see generation_dtype: about a server CPU's last-level cache
+COMPILE_AFTER = 8  # compile=None (auto) times this many eager decode steps, then decides
+COMPILE_PAYS_S = 90.0  # auto compiles when the rest of the decode would take longer than this eagerly:
+# compiling the step costs 45-55 s on a 2-core CPU (freezing + max-autotune; freezing bypasses Inductor's
+# disk cache, so every run pays it) and the compiled step measured ~2x faster at 124M, so it pays off
+# from ~100 s of eager decoding
 
 
 @dataclass
@@ -52,6 +63,8 @@ class SampleConfig:
     output: str = ""  # where the grid's JSON goes; "" = out_dir/generations.json
     stream: bool = True  # print a single sample token by token as it is generated
     cache: bool = True  # KV cache / carried state; False recomputes the whole context every step
+    compile: bool | None = None  # torch.compile the one-token step; None = auto (when it pays off, see COMPILE_PAYS_S)
+    quantize: str = ""  # int8: weight-only int8 (GPT; CPU or CUDA); "" = the weights in dtype
     bench: bool = False  # run benchmark() instead of sampling
     device: str = "auto"
     dtype: str = "auto"
@@ -70,6 +83,8 @@ class SampleConfig:
             except (TypeError, ValueError):
                 raise UserError(f"temperatures must be numbers separated by commas (like 0.5,1.0,1.5), "
                                 f"got {t!r}") from None
+        if self.quantize not in QUANTIZE:
+            raise UserError(f"quantize must be int8 or empty (off), not '{self.quantize}'")
         if any(t < 0 for t in temps):
             raise UserError(f"temperatures must be >= 0 (0 is greedy), got {','.join(map(str, temps))}")
         self.temperatures = tuple(temps)
@@ -123,6 +138,69 @@ def read_prompts(path):
 
 # ----------------------------------------------------------------------------- generation
 
+def generation_dtype(name, device, model):
+    """dtype=auto as train.py resolves it, except that on a CPU a model whose fp32 weights fit in the
+    last-level cache generates in float32: measured on the quickstart model (0.84M parameters), fp32
+    decodes 1.2-1.7x faster than bf16 (bf16 matrix-vector kernels cost more per call), while at 124M
+    parameters bf16 is ~2x faster (half the bytes to stream)."""
+    dtype = resolve_dtype(name, device)
+    if name == "auto" and device == "cpu" and model.num_params() * 4 <= CPU_FP32_BYTES:
+        return "float32"
+    return dtype
+
+
+def for_generation(model, device, dtype, quantize=""):
+    """The model ready to generate: its weights cast once to dtype (rather than autocast, which with
+    frozen weights casts every weight again at every step), int8 weights with quantize="int8"."""
+    dt = getattr(torch, dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.data = p.data.to(dt)
+    if quantize == "int8":
+        if not isinstance(model, GPT):
+            raise UserError("quantize=int8 is for GPT checkpoints (an LSTM's weights live inside nn.LSTM); "
+                            "leave --quantize off")
+        if device.split(":")[0] not in ("cpu", "cuda"):
+            raise UserError(f"quantize=int8 runs on a CPU or a CUDA GPU, not on {device}; use --device=cpu")
+        quantize_int8(model, dt)
+    return model
+
+
+def compile_step(model, device):
+    """torch.compile the model's one-token step: CUDA graphs on a GPU; on a CPU, Inductor with freezing
+    (weights become constants, prepacked) and max-autotune (its own GEMM templates, which measured
+    ~1.3x faster than oneDNN's bf16 matrix-vector products and ~2.5x for int8 weights)."""
+    if device.startswith("cuda"):
+        model.compile_step(mode="reduce-overhead")
+    else:
+        model.compile_step(inductor={"freezing": True, "max_autotune": True, "autotune_num_choices_displayed": 0,
+                                     "max_autotune_report_choices_stats": False})  # (autotuning quietly)
+
+
+class Text:
+    """One sample's text as its tokens arrive. Tokenizers whose text is the concatenation of their
+    tokens' (char, byte, gpt2) decode only the new token, holding back the bytes of an incomplete UTF-8
+    character; the others (word, hf) decode the whole sample again."""
+
+    def __init__(self, tok):
+        self.tok, self.ids, self.text = tok, [], ""
+        self.piece = tok.incremental_decoder()
+        self._searched = 0  # where a stop-string search starts: only text that is new can complete a match
+
+    def add(self, token):
+        self.ids.append(token)
+        self.text = self.text + self.piece(token) if self.piece else self.tok.decode(self.ids)
+
+    def find(self, stop):
+        at = self.text.find(stop, self._searched if self.piece else 0)
+        self._searched = max(0, len(self.text) - len(stop) + 1)
+        return at
+
+    def shown(self):
+        """The text that can be shown: without the replacement characters an incomplete character decodes to."""
+        return self.text if self.piece else self.text.rstrip("\ufffd")
+
+
 class Session:
     """A loaded checkpoint with its tokenizer, on its device, ready to generate."""
 
@@ -140,7 +218,14 @@ class Session:
             self.path = os.path.join(cfg.out_dir, cfg.ckpt)
             self.ckpt = load_checkpoint(self.path)
         self.tok = prepare.Tokenizer.from_meta(self.ckpt["meta"])
-        self.model = model_from_checkpoint(self.ckpt).to(self.device).eval()
+        model = model_from_checkpoint(self.ckpt).to(self.device).eval()
+        self.dtype = generation_dtype(cfg.dtype, self.device, model)
+        self.model = for_generation(model, self.device, self.dtype, cfg.quantize)
+        self.can_compile = isinstance(self.model, GPT) and cfg.cache
+        if cfg.compile and not self.can_compile:
+            raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
+        if cfg.compile:
+            compile_step(self.model, self.device)
 
     def generate(self, prompt, temperature, echo=None):
         """num_samples completions of prompt (text without the prompt) and the speeds, as a dict.
@@ -153,56 +238,70 @@ class Session:
         idx = torch.tensor([ids] * B, dtype=torch.long, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         eot = tok.eot_token if cfg.eot else None
-        new = [[] for _ in range(B)]  # each sample's tokens, up to its stop
-        texts = [None] * B  # set when a sample stops at the stop string: its text, trimmed
+        texts = [Text(tok) for _ in range(B)]  # each sample's tokens and text, up to its stop
+        cuts = [None] * B  # where a sample's text is cut at the stop string
         done = [False] * B
         shown = 0  # characters of sample 0 already echoed
         steps, t0 = 0, time.perf_counter()
-        t_first = t0
-        with autocast(self.device, self.dtype):
-            for nxt in stream(self.model, idx, cfg.max_new_tokens, temperature, cfg.top_k or None, cfg.top_p,
-                              gen, cfg.cache):
-                toks = nxt[:, 0].tolist()  # waits for the device: the timings below are real
-                steps += 1
-                if steps == 1:
-                    t_first = time.perf_counter()
-                for b, t in enumerate(toks):
-                    if done[b]:
-                        continue
-                    if t == eot:
-                        done[b] = True
-                        continue
-                    new[b].append(t)
-                    if cfg.stop:
-                        text = tok.decode(new[b])
-                        cut = text.find(cfg.stop)
-                        if cut >= 0:
-                            texts[b], done[b] = text[:cut], True
-                if echo is not None:
-                    shown = self._echo(echo, new[0], texts[0], done[0], shown)
-                if all(done):
-                    break
+        t_first = t_last = t0
+        compile_s, first_compiled = None, None  # the token whose step ran compiled first (compiling, if needed)
+        for nxt in stream(self.model, idx, cfg.max_new_tokens, temperature, cfg.top_k or None, cfg.top_p,
+                          gen, cfg.cache):
+            toks = nxt[:, 0].tolist()  # waits for the device: the timings below are real
+            steps += 1
+            now = time.perf_counter()
+            if steps == 1:
+                t_first = now
+            if steps == first_compiled:
+                compile_s = now - t_last  # timed apart from the decode rate
+            if steps == 1 + COMPILE_AFTER and self._compile_pays(now - t_first, cfg.max_new_tokens - steps):
+                compile_step(self.model, self.device)
+            if first_compiled is None and getattr(self.model, "compiled_step", None) is not None:
+                first_compiled = steps + 1  # the next token comes from a compiled step
+            t_last = now
+            for b, t in enumerate(toks):
+                if done[b]:
+                    continue
+                if t == eot:
+                    done[b] = True
+                    continue
+                texts[b].add(t)
+                if cfg.stop:
+                    cut = texts[b].find(cfg.stop)
+                    if cut >= 0:
+                        cuts[b], done[b] = cut, True
+            if echo is not None:
+                shown = self._echo(echo, texts[0], done[0], shown)
+            if all(done):
+                break
         t_end = time.perf_counter()
-        out = [texts[b] if texts[b] is not None else tok.decode(new[b]) for b in range(B)]
+        out = [tok.decode(t.ids)[:cuts[b]] for b, t in enumerate(texts)]
         if echo is not None and len(out[0]) > shown:
             echo(out[0][shown:])
-        prefill_s, decode_s = t_first - t0, t_end - t_first
+        prefill_s, decode_s = t_first - t0, t_end - t_first - (compile_s or 0)
+        decode_steps = steps - 1 - (compile_s is not None)
         return {"prompt": prompt, "temperature": temperature, "samples": out,
-                "new_tokens": [len(n) for n in new], "stopped": done,
-                "prompt_tokens": len(ids), "steps": steps,
+                "new_tokens": [len(t.ids) for t in texts], "stopped": done,
+                "prompt_tokens": len(ids), "steps": steps, "compile_s": compile_s,
                 "prefill_tok_s": B * len(ids) / prefill_s if steps else None,
-                "decode_tok_s": B * (steps - 1) / decode_s if steps > 1 and decode_s > 0 else None}
+                "decode_tok_s": B * decode_steps / decode_s if decode_steps > 0 and decode_s > 0 else None}
 
-    def _echo(self, echo, ids, trimmed, done, shown):
+    def _compile_pays(self, eager_s, steps_left):
+        """compile=None (auto): after COMPILE_AFTER eager steps took eager_s, compile when the rest would
+        take longer than COMPILE_PAYS_S eagerly."""
+        if self.cfg.compile is not None or not self.can_compile or self.model.compiled_step is not None:
+            return False
+        return eager_s / COMPILE_AFTER * steps_left > COMPILE_PAYS_S
+
+    def _echo(self, echo, text, done, shown):
         """Echo the part of sample 0 that can no longer change; returns how much is shown now."""
         if done:
             return shown  # the final text is echoed once generation ends
-        text = self.tok.decode(ids)
-        end = len(text.rstrip("\ufffd"))  # a multi-byte character may be incomplete
+        end = len(text.shown())
         if self.cfg.stop:
-            end = min(end, len(text) - len(self.cfg.stop) + 1)  # could be the start of the stop string
+            end = min(end, len(text.text) - len(self.cfg.stop) + 1)  # could be the start of the stop string
         if end > shown:
-            echo(text[shown:end])
+            echo(text.text[shown:end])
             return end
         return shown
 
@@ -212,6 +311,8 @@ def speed_line(r):
     B = len(r["samples"])
     pre = f"prefill {r['prompt_tokens']} tokens x {B}: {r['prefill_tok_s']:,.0f} tok/s" if r["steps"] else "prefill -"
     dec = f"decode {r['steps'] - 1} steps x {B}: {r['decode_tok_s']:,.0f} tok/s" if r["decode_tok_s"] else "decode -"
+    if r["compile_s"] is not None:
+        dec += f" (compiled; its first step, compile included, took {r['compile_s']:.1f} s)"
     return f"{pre} | {dec}"
 
 
@@ -279,11 +380,21 @@ def main(argv):
 
 # ----------------------------------------------------------------------------- benchmark
 
-BENCH_SHAPES = {  # random weights: speed does not depend on them
-    "quickstart": dict(vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128),
-    "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+def bench_shapes():
+    """Random weights (speed does not depend on them): the quickstart's model (train.py's defaults) and GPT-2 124M."""
+    from train import TrainConfig
+    from model import config_fields
+    quick = {k: getattr(TrainConfig(), k) for k in config_fields("gpt") if hasattr(TrainConfig, k)}
+    quick.update(vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128)
+    return {"quickstart": quick, "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
+
+
+BENCH_MODES = {  # name: (weights, quantize, compiled)
+    "old": ("autocast", "", False),  # fp32 weights under autocast, eager: sample.py before #14
+    "eager": ("cast", "", False),  # weights cast once to dtype
+    "compiled": ("cast", "", True),  # and the one-token step compiled
+    "int8": ("cast", "int8", True),  # int8 weights, compiled
 }
-CPU_TAIL_STEPS = {True: 8, False: 1}  # on a CPU the 124M shape is timed over its last steps only (cached, uncached)
 
 
 def _sync(device):
@@ -291,98 +402,102 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def memory_bandwidth(device, gib=1.0, repeats=5):
+    """Bytes/s of the best of `repeats` sums over a `gib` GiB fp32 tensor: the roof decode is held to."""
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def bytes_per_step(model, B, capacity, itemsize=None):
+    """What one decode step must read from memory: every weight but the embedding lookups (one row
+    each), and the whole static KV cache (B, n_kv_head, capacity, head_size) of every layer. itemsize:
+    the bytes of a float weight as computed (autocast reads its cached bf16 copies of fp32 weights)."""
+    skip = {id(model.wte.weight)} - {id(getattr(model.lm_head, "weight", None))}  # a tied head reads it
+    skip |= {id(model.wpe.weight)} if hasattr(model, "wpe") else set()
+    seen = {id(t): t for t in [*model.parameters(), *(b for n, b in model.named_buffers() if "rope" not in n and
+                                                        "pos_table" not in n)] if id(t) not in skip}
+    cfg = model.cfg
+
+    def size(t):
+        return itemsize if itemsize and t.is_floating_point() else t.element_size()
+
+    kv = 2 * cfg.n_layer * B * cfg.kv_heads * capacity * (cfg.n_embd // cfg.n_head) * size(model.wte.weight)
+    return sum(t.numel() * size(t) for t in seen.values()) + kv
+
+
 @torch.no_grad()
-def _time_full(model, B, N, cached, device, seed):
-    """Seconds for the N - 1 decode steps of an N-token generation from a 1-token prompt (through stream)."""
+def _time_generation(model, B, N, device, weights, dtype):
+    """Seconds for a whole N-token generation (batch B, from a 1-token prompt) through stream()."""
     idx = torch.randint(model.cfg.vocab_size, (B, 1), device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    t_first = None
-    for i, _ in enumerate(stream(model, idx, N, 1.0, None, None, gen, cached)):
-        if i == 0:
-            _sync(device)
-            t_first = time.perf_counter()
-    _sync(device)
-    return time.perf_counter() - t_first, N - 1
+    gen = torch.Generator(device=device).manual_seed(0)
+    ctx = autocast(device, dtype) if weights == "autocast" else contextlib.nullcontext()
+    with ctx:
+        _sync(device)
+        t = time.perf_counter()
+        for nxt in stream(model, idx, N, 1.0, None, None, gen):
+            nxt.tolist()  # as Session.generate: one sync per token
+        _sync(device)
+    return time.perf_counter() - t
 
 
 @torch.no_grad()
-def _time_tail(model, B, m, cached, device, prefix, prefilled):
-    """Seconds for the last m decode steps of an N-token generation (positions N - m .. N - 1), with the
-    same model calls stream() makes; the context before them is `prefix` (1, N - m), whose KV cache
-    `prefilled` (batch 1) is repeated for the batch. Needs N <= block_size (no sliding)."""
-    idx = prefix.expand(B, -1)
-    if cached:
-        cache = KVCache(len(prefilled.k), prefilled.capacity)
-        cache.pos = prefilled.pos
-        cache.k = [k.repeat(B, 1, 1, 1) for k in prefilled.k]
-        cache.v = [v.repeat(B, 1, 1, 1) for v in prefilled.v]
-    _sync(device)
-    t = time.perf_counter()
-    nxt = idx[:, -1:]
-    for _ in range(m):
-        if cached:
-            logits, cache = model.step(nxt, cache)
-        else:
-            logits, _ = model(idx)
-        nxt = pick(logits[:, -1], 1.0)
-        idx = torch.cat([idx, nxt], dim=1)
-    _sync(device)
-    return time.perf_counter() - t, m
-
-
-@torch.no_grad()
-def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), lengths=(256, 1024)):
-    """Decode tokens/s, cached vs uncached, for each shape x batch x new tokens; prints a table and
-    returns one dict per row. On a GPU every row times all N - 1 decode steps of an N-token generation
-    (bfloat16 autocast). On a CPU the quickstart shape does too, but the 124M shape is timed over the
-    last 8 (cached) / 1 (uncached) steps before position N, and uncached batch 8 is skipped (one step is
-    a forward over 8 x N tokens: minutes). "timed" says which steps each row measured; tail rows are
-    the slowest steps of their generation, so they understate the whole generation's rate."""
+def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), lengths=(256, 1024),
+              modes=tuple(BENCH_MODES)):
+    """Decode tok/s of whole generations (batch x N new tokens from a 1-token prompt, timed end to end,
+    sampling at temperature 1) for each shape x mode; the memory bandwidth is measured in the same run
+    and each row gives the fraction of the bandwidth limit (bytes one step reads / bandwidth). Compiled
+    modes are compiled (and warmed up) before timing; the compile time is its own column. Prints a
+    table; returns one dict per row."""
     device = resolve_device(device or "auto")
-    dtype = resolve_dtype("auto", device)
+    bandwidth = memory_bandwidth(device)
     rows = []
-    print(f"generation benchmark on {device} ({dtype}), {torch.get_num_threads()} CPU threads, random weights")
-    print("| shape | batch | new tokens | mode | timed steps | decode tok/s | ms/step | cached speedup |")
-    print("| :--- | ---: | ---: | :--- | :--- | ---: | ---: | ---: |")
+    print(f"generation benchmark on {device}, {torch.get_num_threads()} CPU threads, random weights; "
+          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (a 1 GiB sum)")
+    print("| shape | mode | dtype | batch | new tokens | seconds | decode tok/s | MB read per step | bandwidth limit tok/s | "
+          "of limit | compile s |")
+    print("| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in shapes:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(**BENCH_SHAPES[name])).to(device).eval()
-        tail = device == "cpu" and name == "gpt2-124M"
-        with autocast(device, dtype):
-            _time_full(model, 1, 8, True, device, 0)  # warm up kernels and allocator
+        for mode in modes:
+            weights, quantize, compiled = BENCH_MODES[mode]
+            torch.manual_seed(0)
+            torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
+            model = GPT(GPTConfig(**bench_shapes()[name])).to(device).eval()
+            dtype = generation_dtype("auto", device, model) if weights == "cast" else resolve_dtype("auto", device)
+            if weights == "cast":
+                model = for_generation(model, device, dtype, quantize)
+            if compiled:
+                compile_step(model, device)
             for N in lengths:
-                if tail:  # one prefill (batch 1) for every batch size and mode
-                    prefix = torch.randint(model.cfg.vocab_size, (1, N - CPU_TAIL_STEPS[True]), device=device)
-                    _, prefilled = model.step(prefix)
                 for B in batches:
-                    rate = {}
-                    for cached in (True, False):
-                        mode = "cached" if cached else "uncached"
-                        if tail and not cached and B > 1:
-                            row = dict(shape=name, batch=B, new_tokens=N, mode=mode, timed="skipped on CPU")
-                            rows.append(row)
-                            print(f"| {name} | {B} | {N} | {mode} | skipped on CPU (a forward over 8 x N tokens per step) | - | - | - |")
-                            continue
-                        if tail:
-                            m = CPU_TAIL_STEPS[cached]
-                            m0 = CPU_TAIL_STEPS[True]  # the uncached tail starts m0 - m tokens later
-                            seconds, steps = _time_tail(model, B, m, cached, device,
-                                                        torch.cat([prefix, prefix[:, :m0 - m]], 1), prefilled)
-                            timed = f"last {m} (pos {N - m}..{N - 1})"
-                        else:
-                            seconds, steps = _time_full(model, B, N, cached, device, 0)
-                            timed = f"all {steps}" + (" (slides)" if N > model.context_limit else "")
-                        rate[mode] = B * steps / seconds
-                        row = dict(shape=name, params=model.num_params(), device=device, dtype=dtype, batch=B,
-                                   new_tokens=N, mode=mode, timed=timed, steps=steps, seconds=seconds,
-                                   tok_s=rate[mode], ms_per_step=1000 * seconds / steps)
-                        speedup = ""
-                        if not cached:
-                            row["cached_speedup"] = rate["cached"] / rate[mode]
-                            speedup = f"{row['cached_speedup']:.1f}x"
-                        rows.append(row)
-                        print(f"| {name} | {B} | {N} | {mode} | {timed} | {row['tok_s']:,.1f} | "
-                              f"{row['ms_per_step']:.1f} | {speedup} |", flush=True)
+                    compile_s = None
+                    if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
+                        t = time.perf_counter()
+                        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(1 + N))
+                        for _ in range(3):
+                            model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
+                        _sync(device)
+                        compile_s = time.perf_counter() - t
+                    else:
+                        _time_generation(model, B, 8, device, weights, dtype)  # warm up kernels and allocator
+                    seconds = _time_generation(model, B, N, device, weights, dtype)
+                    itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
+                    step_bytes = bytes_per_step(model, B, model.new_state(1 + N).capacity, itemsize)
+                    limit = B * bandwidth / step_bytes
+                    row = dict(shape=name, params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B,
+                               new_tokens=N, seconds=seconds, tok_s=B * N / seconds, bytes_per_step=step_bytes,
+                               limit_tok_s=limit, bandwidth=bandwidth, compile_s=compile_s)
+                    row["of_limit"] = row["tok_s"] / limit
+                    rows.append(row)
+                    slides = " (slides)" if N + 1 > model.context_limit else ""
+                    print(f"| {name} | {mode} | {dtype} | {B} | {N}{slides} | {seconds:.2f} | {row['tok_s']:,.1f} | "
+                          f"{step_bytes / 1e6:,.1f} | {limit:,.0f} | {row['of_limit']:.0%} | "
+                          f"{'' if compile_s is None else f'{compile_s:.1f}'} |", flush=True)
     return rows
 
 

@@ -187,13 +187,12 @@ def test_stream_yields_one_step_at_a_time_and_can_stop_early():
 
 def test_kv_cache_writes_in_place():
     cache = KVCache(n_layer=1, capacity=8)
-    k1, v1 = cache.update(0, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
+    k1, v1 = cache.update(0, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), torch.arange(3))
     storage = cache.k[0].data_ptr()
-    cache.pos = 3
-    k2, v2 = cache.update(0, torch.full((1, 2, 1, 4), 2.0), torch.full((1, 2, 1, 4), 2.0))
-    assert k1.shape == (1, 2, 3, 4) and k2.shape == (1, 2, 4, 4)
-    assert cache.k[0].data_ptr() == storage and cache.k[0].shape == (1, 2, 8, 4)  # no reallocation
-    assert torch.equal(k2[0, 0, :, 0], torch.tensor([1.0, 1.0, 1.0, 2.0]))
+    k2, v2 = cache.update(0, torch.full((1, 2, 1, 4), 2.0), torch.full((1, 2, 1, 4), 2.0), torch.tensor([3]))
+    assert k1.shape == k2.shape == (1, 2, 8, 4)  # static: the whole buffer, every step
+    assert cache.k[0].data_ptr() == storage  # no reallocation
+    assert torch.equal(k2[0, 0, :, 0], torch.tensor([1.0, 1.0, 1.0, 2.0, 0, 0, 0, 0]))  # unwritten slots are 0
 
 
 def test_same_seed_same_samples():
@@ -216,3 +215,60 @@ def test_top_k_and_top_p_never_emit_a_filtered_token():
     assert draws(top_p=0.5) == {0, 1}  # tempered: 0.35 < 0.5 <= 0.35 + 0.25
     assert draws(top_k=3, top_p=0.99) == {0, 1, 2}
     assert draws(top_p=0.3) == {0}
+
+
+# ----------------------------------------------------------------------------- fast generation (#14)
+
+def test_compiled_step_compiles_once_as_the_position_advances_and_slides():
+    """The static KV cache keeps every shape fixed: one compilation serves every position, the decode
+    steps after a slide too (the window is refilled in the same cache), and it generates what eager does."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    model = tiny(n_head=4, pos_emb="rope", n_kv_head=2).eval()
+    prompt = torch.randint(0, 50, (2, 4))
+    want = generate(model, prompt, 30, temperature=0)  # 34 tokens > block_size 16: slides
+    counter = CompileCounter()
+    model.compile_step(backend=counter)
+    assert torch.equal(generate(model, prompt, 30, temperature=0), want)
+    assert counter.frame_count == 1
+    assert torch.equal(generate(model, prompt, 30, temperature=0), want) and counter.frame_count == 1
+
+
+def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding():
+    """Weights cast to bf16 (as sample.py does): the cached steps and the full forward round at different
+    places (attention over the cache's slots vs a causal product), so they agree to bf16's precision, not
+    bit for bit: bf16 keeps 8 significant bits (steps of 2^-8 = 0.4% of a value), and a few such roundings
+    through the layers stay well under 5% of the logits' scale."""
+    model = tiny(n_head=4, pos_emb="rope", qk_norm=True, norm="rmsnorm").eval()
+    for p in model.parameters():
+        p.data = p.data.bfloat16()
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        logits, cache = model.step(idx[:, :5])
+        parts = [logits] + [model.step(idx[:, t:t + 1], cache)[0] for t in range(5, 16)]
+    cached = torch.cat(parts, dim=1).float()
+    scale = full.float().abs().max().item()
+    torch.testing.assert_close(cached, full.float(), atol=0.05 * scale, rtol=0)
+
+
+def test_int8_weights_stay_close_and_generate():
+    """Weight-only int8 (one absmax scale per output row): each weight moves by at most half a step
+    (scale / 2), so the logits move by a small fraction of their scale; generation runs on it."""
+    from model import Int8Linear, quantize_int8
+    model = tiny(n_head=4, pos_emb="rope", tie_weights=True).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        want, _ = model(idx)
+        lin = model.blocks[0].mlp.fc
+        q = Int8Linear(lin, torch.float32)
+        assert q.weight.dtype == torch.int8 and q.scale.shape == (lin.out_features,)
+        assert (q.weight.float() * q.scale[:, None] - lin.weight).abs().max() <= q.scale.max() / 2 + 1e-7
+        quantize_int8(model, torch.float32)
+        got, _ = model(idx)  # 24 rows: a prefill, weights dequantized once
+        few, _ = model(idx[:1, :8])  # 8 rows: the int8 kernel
+    torch.testing.assert_close(few, got[:1, :8], atol=1e-4, rtol=1e-4)  # the two int8 paths agree
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert model.wte.weight.dtype == torch.float32  # the tied embedding stays a float lookup table
+    torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0)
+    assert generate(model, idx[:, :3], 20, temperature=0).shape == (2, 23)

@@ -403,3 +403,18 @@ def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
     small, big = results["plwiki_1MB_peak_rss_MB"], results["plwiki_8MB_peak_rss_MB"]
     assert isinstance(big, float) and big > results["baseline_rss_MB"] > 0
     assert big < small + 20  # streamed: holding 8 MB of text and its token lists would take ~80 MB more
+
+
+def test_incremental_decoding_matches_decode_and_holds_back_partial_characters(gpt2_offline):
+    """Streaming decodes each new token once (char, byte, gpt2): the pieces concatenate to decode(ids),
+    and the bytes of a character split across tokens wait until it is complete; word has no piecewise form."""
+    text = "żółw 🐢 naïve\tdone"
+    for tok in (prepare.Tokenizer("byte"), prepare.Tokenizer("gpt2"), prepare.Tokenizer.build("char", [text])):
+        ids = tok.encode(text)
+        piece = tok.incremental_decoder()
+        pieces = [piece(i) for i in ids]
+        assert "".join(pieces) == tok.decode(ids) == text
+        if tok.kind == "byte":  # the turtle is 4 bytes: nothing shows until its last one
+            at = text.encode().index("🐢".encode())
+            assert pieces[at:at + 4] == ["", "", "", "🐢"]
+    assert prepare.Tokenizer.build("word", ["a b"]).incremental_decoder() is None

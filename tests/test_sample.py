@@ -119,13 +119,62 @@ def test_bad_input_is_one_clear_user_error(runs, tmp_path):
              (["--temperatures=-1"], "temperatures must be >= 0"),
              (["--start=\u2603 snowman"], "is not in this dataset.s vocabulary"),
              (["--top_p=0"], "top_p must be in"),
-             (["--stop=\\x"], "bad backslash escape")]
+             (["--stop=\\x"], "bad backslash escape"),
+             (["--quantize=int4"], "quantize must be int8 or empty"),
+             (["--dtype=float16"], "dtype=float16 needs a CUDA GPU")]
     (tmp_path / "empty.txt").write_text("\n\n")
     cases.append(([f"--prompts={tmp_path / 'empty.txt'}"], "has no prompts"))
     for args, message in cases:
         with pytest.raises(UserError, match=message):
             sample.main([run, "--max_new_tokens=2", *args])
-    r = subprocess.run([sys.executable, "sample.py", run, "--temperatures=0.5,,x"], cwd=REPO,
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert "temperatures must be numbers" in r.stderr
+    with pytest.raises(UserError, match="quantize=int8 runs on a CPU or a CUDA GPU, not on mps"):
+        sample.for_generation(sample.GPT(sample.GPTConfig()), "mps", "float32", "int8")  # (no MPS here to load on)
+    for args in (["--quantize=int8"], ["--compile=True"]):  # an LSTM has neither int8 Linear layers nor a KV cache
+        with pytest.raises(UserError, match="quantize=int8 is for GPT|compile=True compiles a GPT"):
+            sample.main([f"--out_dir={runs['lstm']}", "--max_new_tokens=2", *args])
+    for args, message in (("--temperatures=0.5,,x", "temperatures must be numbers"),
+                          ("--quantize=int4", "quantize must be int8"), ("--dtype=float16", "dtype=float16 needs")):
+        r = subprocess.run([sys.executable, "sample.py", run, args], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert message in r.stderr
+
+
+def test_bfloat16_and_int8_weights_generate_through_the_session(runs):
+    """dtype=bfloat16 casts the weights once (no autocast); quantize=int8 swaps in int8 Linear layers.
+    Greedy text from either mostly matches fp32's: the tiny model's top tokens are rarely near-ties."""
+    ref = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--dtype=float32"))
+    want = ref.generate("def ", 0)["samples"][0]
+    for args in (["--dtype=bfloat16"], ["--dtype=bfloat16", "--quantize=int8"], ["--quantize=int8"]):
+        session = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", *args))
+        got = session.generate("def ", 0)["samples"][0]
+        assert len(got) == len(want) == 40
+        assert sum(a == b for a, b in zip(got, want)) >= 20, (args, got, want)
+    assert session.model.lm_head.weight.dtype == sample.torch.int8 and session.dtype == "float32"
+    assert ref.dtype == "float32" and not any(p.requires_grad for p in ref.model.parameters())
+
+
+def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
+    """compile=None times COMPILE_AFTER eager steps and compiles only when the rest would take longer
+    than COMPILE_PAYS_S eagerly; the step that compiled is reported apart from the decode rate."""
+    compiled = []
+    monkeypatch.setattr(sample, "compile_step", lambda model, device: compiled.append(model) or
+                        model.compile_step(backend="eager"))
+    session = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--max_new_tokens=20"))
+    want = session.generate("def ", 0)
+    assert not compiled and want["compile_s"] is None  # 20 tiny steps: never worth a compile
+    monkeypatch.setattr(sample, "COMPILE_PAYS_S", 0.0)
+    got = session.generate("def ", 0)
+    assert compiled == [session.model] and got["compile_s"] is not None
+    assert got["samples"] == want["samples"] and "compiled; its first step" in sample.speed_line(got)
+
+
+def test_benchmark_rows_measure_against_the_bandwidth_limit():
+    """benchmark() times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
+    rows = sample.benchmark(shapes=("quickstart",), batches=(1, 2), lengths=(8,), modes=("old", "eager"))
+    assert [(r["mode"], r["batch"]) for r in rows] == [("old", 1), ("old", 2), ("eager", 1), ("eager", 2)]
+    for r in rows:
+        assert r["tok_s"] > 0 and r["limit_tok_s"] == pytest.approx(r["batch"] * r["bandwidth"] / r["bytes_per_step"])
+    model = sample.GPT(sample.GPTConfig(**sample.bench_shapes()["quickstart"]))  # untied head, RoPE, no biases
+    weights = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()  # the embedding is a lookup
+    cache = 2 * 4 * 3 * 4 * 128 * 32  # keys and values: layers x batch x heads x 128 slots x head size
+    assert sample.bytes_per_step(model, 3, 128) == 4 * (weights + cache)
