@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from configurator import UserError, cli, load_config
+from model import GPT2_ARCH
 from train import (TrainConfig, autocast, build_model, make_optimizers, model_args, objective, optimizer_step,
                    resolve_compile, resolve_device, resolve_dtype)
 
@@ -44,9 +45,8 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 
 EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays for out of its budget
 # GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
-GPT2_RECIPE = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--activation=gelu", "--zero_init=False",
-               "--logit_softcap=0", "--tie_weights=True", "--bias=True", "--optimizer=adamw", "--schedule=cosine",
-               "--beta2=0.99", "--weight_decay=0.1", "--grad_clip=1.0"]
+GPT2_RECIPE = [f"--{k}={v}" for k, v in GPT2_ARCH.items()] + ["--optimizer=adamw", "--schedule=cosine", "--beta2=0.99",
+                                                               "--weight_decay=0.1", "--grad_clip=1.0"]
 # train.py flags on top of TrainConfig's defaults; every recipe trains the same 4 x 128 model
 RECIPES = {
     # nanoGPT's README CPU recipe (shakespeare_char on a laptop): batch 12 x 64, lr 1e-3 -> 1e-4, 100 warmup steps

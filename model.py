@@ -81,6 +81,12 @@ class GPTConfig:
         return self.n_kv_head or self.n_head
 
 
+# GPT-2's choice (GPTConfig's default) for each option train.py's modern recipe changes: a config sets
+# these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
+GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
+                                                 "logit_softcap", "bias", "tie_weights")}
+
+
 class KVCache:
     """Keys and values of every layer, in a static shape, so a one-token step compiles once.
 
@@ -266,13 +272,13 @@ class GPT(nn.Module):
         """Logits (B, T, V) of idx (B, T): the whole sequence, or the tokens after those in `cache`. With a
         cache every position is a tensor (no host value changes from step to step: compiles once)."""
         T = idx.size(1)
-        pos, where = torch.arange(T, device=idx.device), None
+        pos, where = slice(0, T), None  # the rows of the position tables to use
         if cache is not None:
-            pos = cache.pos + pos
+            pos = cache.pos + torch.arange(T, device=idx.device)
             where = pos, torch.arange(cache.capacity, device=idx.device) <= pos[:, None]  # (T, capacity)
         x, rope = self.wte(idx), None  # (B, T, C)
         if self.cfg.pos_emb == "learned":
-            x = x + self.wpe(pos)
+            x = x + self.wpe.weight[pos]
         elif self.cfg.pos_emb == "sinusoidal":
             x = x + self.pos_table[pos].to(x.dtype)
         else:

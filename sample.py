@@ -138,13 +138,12 @@ def read_prompts(path):
 
 # ----------------------------------------------------------------------------- generation
 
-def generation_dtype(name, device, model):
-    """dtype=auto as train.py resolves it, except that on a CPU a model whose fp32 weights fit in the
-    last-level cache generates in float32: measured on the quickstart model (0.84M parameters), fp32
-    decodes 1.2-1.7x faster than bf16 (bf16 matrix-vector kernels cost more per call), while at 124M
-    parameters bf16 is ~2x faster (half the bytes to stream)."""
-    dtype = resolve_dtype(name, device)
-    if name == "auto" and device == "cpu" and model.num_params() * 4 <= CPU_FP32_BYTES:
+def generation_dtype(dtype, device, model):
+    """What dtype=auto (resolved by train.py to `dtype`) generates in: that, except on a CPU a model
+    whose fp32 weights fit in the last-level cache stays float32. Measured on the quickstart model
+    (0.84M parameters), fp32 decodes 1.2-1.7x faster than bf16 (bf16 matrix-vector kernels cost more
+    per call); at 124M parameters bf16 is ~2x faster (half the bytes to stream)."""
+    if device == "cpu" and model.num_params() * 4 <= CPU_FP32_BYTES:
         return "float32"
     return dtype
 
@@ -219,7 +218,8 @@ class Session:
             self.ckpt = load_checkpoint(self.path)
         self.tok = prepare.Tokenizer.from_meta(self.ckpt["meta"])
         model = model_from_checkpoint(self.ckpt).to(self.device).eval()
-        self.dtype = generation_dtype(cfg.dtype, self.device, model)
+        if cfg.dtype == "auto":
+            self.dtype = generation_dtype(self.dtype, self.device, model)
         self.model = for_generation(model, self.device, self.dtype, cfg.quantize)
         self.can_compile = isinstance(self.model, GPT) and cfg.cache
         if cfg.compile and not self.can_compile:
@@ -256,7 +256,7 @@ class Session:
                 compile_s = now - t_last  # timed apart from the decode rate
             if steps == 1 + COMPILE_AFTER and self._compile_pays(now - t_first, cfg.max_new_tokens - steps):
                 compile_step(self.model, self.device)
-            if first_compiled is None and getattr(self.model, "compiled_step", None) is not None:
+            if first_compiled is None and self.can_compile and self.model.compiled_step is not None:
                 first_compiled = steps + 1  # the next token comes from a compiled step
             t_last = now
             for b, t in enumerate(toks):
@@ -381,11 +381,10 @@ def main(argv):
 # ----------------------------------------------------------------------------- benchmark
 
 def bench_shapes():
-    """Random weights (speed does not depend on them): the quickstart's model (train.py's defaults) and GPT-2 124M."""
-    from train import TrainConfig
-    from model import config_fields
-    quick = {k: getattr(TrainConfig(), k) for k in config_fields("gpt") if hasattr(TrainConfig, k)}
-    quick.update(vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128)
+    """Random weights (speed does not depend on them): the quickstart's model (train.py's defaults at
+    config/quickstart.py's size) and GPT-2 124M."""
+    from train import TrainConfig, model_args
+    quick = {**model_args(TrainConfig(), 222), **dict(block_size=128, n_layer=4, n_head=4, n_embd=128)}
     return {"quickstart": quick, "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
 
 
@@ -468,7 +467,9 @@ def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), l
             torch.manual_seed(0)
             torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
             model = GPT(GPTConfig(**bench_shapes()[name])).to(device).eval()
-            dtype = generation_dtype("auto", device, model) if weights == "cast" else resolve_dtype("auto", device)
+            dtype = resolve_dtype("auto", device)
+            if weights == "cast":
+                dtype = generation_dtype(dtype, device, model)
             if weights == "cast":
                 model = for_generation(model, device, dtype, quantize)
             if compiled:

@@ -14,14 +14,8 @@ out_dir = "out/char_enwik8"
 model = "gpt"
 # The seed's architecture is GPT-2's, so it is pinned here (TrainConfig's defaults are the modern recipe).
 # For the modern recipe at this size, layer config/modern.py on top: python train.py config/char_enwik8.py config/modern.py
-pos_emb = "learned"
-norm = "layernorm"
-qk_norm = False
-activation = "gelu"
-zero_init = False
-logit_softcap = 0.0
-bias = True
-tie_weights = True
+from model import GPT2_ARCH as _gpt2_arch  # learned positions, LayerNorm, GELU, tied head, biases, no QK-norm
+globals().update(_gpt2_arch)
 n_layer = 12
 n_head = 8
 n_embd = 512

@@ -23,7 +23,7 @@ import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
 from conftest import code_text, prepare_text  # noqa: E402
-from model import GPTConfig, generate  # noqa: E402
+from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig, generate  # noqa: E402
 from test_crash import REPO, events, flags, snapshot  # noqa: E402
 from test_errors import cli_error, check_one_line  # noqa: E402
 
@@ -35,8 +35,7 @@ TINY_GPT2 = dict(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4, 
 # the logits, of size ~3, differ by float32 rounding (~1e-6), far below any mistake in the conversion (~1e-1).
 ATOL = 1e-5
 # GPT-2's architecture, which TrainConfig's defaults (the modern recipe) are not: what export can write
-GPT2_ARCH = ["--pos_emb=learned", "--norm=layernorm", "--qk_norm=False", "--activation=gelu", "--bias=True",
-             "--tie_weights=True", "--zero_init=False"]
+GPT2_ARCH = [f"--{k}={v}" for k, v in GPT2_OPTIONS.items()]
 
 
 def tiny_gpt2(path, seed=0, std=0.3, **config):

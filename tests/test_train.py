@@ -14,6 +14,7 @@ import torch
 import sample
 import train
 from configurator import UserError, load_config
+from model import GPT2_ARCH
 from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,8 +154,7 @@ def test_best_checkpoint_is_only_replaced_by_a_better_one(corpus, tmp_path):
     assert last["iter"] == 20 and best["iter"] == min(evals, key=lambda e: e["val_loss"])["step"]
 
 
-GPT2_ADAMW = ["--optimizer=adamw", "--schedule=cosine", "--pos_emb=learned", "--norm=layernorm", "--qk_norm=False",
-              "--tie_weights=True"]
+GPT2_ADAMW = ["--optimizer=adamw", "--schedule=cosine", *(f"--{k}={v}" for k, v in GPT2_ARCH.items())]
 
 
 @pytest.mark.parametrize("recipe", [[], GPT2_ADAMW], ids=["defaults-muon", "gpt2-adamw"])
