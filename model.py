@@ -311,12 +311,14 @@ class GPT(nn.Module):
 
     def step(self, idx, state=None):
         """Forward only the new tokens idx (B, T), attending to the cached ones; returns (logits, cache).
-        A one-token step runs the compiled step when compile_step() made one."""
+        A one-token step runs the compiled step when compile_step() made one, once the cache's buffers
+        exist (the first write allocates them, eagerly: a graph that allocates would be compiled twice)."""
         cache = state if state is not None else self.new_state()
         T = idx.size(1)
         if cache.length + T > cache.capacity:
             raise ValueError(f"{cache.length} cached + {T} new tokens do not fit the cache of {cache.capacity}")
-        run = self.compiled_step if T == 1 and self.compiled_step is not None else self._run
+        compiled = T == 1 and self.compiled_step is not None and cache.k[0] is not None
+        run = self.compiled_step if compiled else self._run
         logits = run(idx, cache)
         cache.length += T
         return logits, cache

@@ -232,6 +232,9 @@ def test_compiled_step_compiles_once_as_the_position_advances_and_slides():
     assert torch.equal(generate(model, prompt, 30, temperature=0), want)
     assert counter.frame_count == 1
     assert torch.equal(generate(model, prompt, 30, temperature=0), want) and counter.frame_count == 1
+    one = prompt[:, :1]  # a one-token prompt: its prefill is a one-token step too, yet the graph is the same
+    assert torch.equal(generate(model, one, 30, temperature=0), generate(model, one, 30, temperature=0, cache=False))
+    assert counter.frame_count == 1
 
 
 def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding():
