@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from model import GPT, GPTConfig, KVCache, filter_logits, generate, pick, stream
+from model import GPT, GPTConfig, KVCache, draw, filter_logits, generate, pick, stream
 
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -145,8 +145,24 @@ def test_filters_never_keep_a_filtered_token():
     assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[True, True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False, False]]
     g = torch.Generator().manual_seed(0)
-    draws = torch.multinomial(filter_logits(logits, top_p=0.8).softmax(-1).expand(2000, 5), 1, generator=g)
+    draws = draw(filter_logits(logits, top_p=0.8).softmax(-1).expand(2000, 5), generator=g)
     assert set(draws.flatten().tolist()) == {0, 1, 2}
+
+
+def test_draw_samples_the_given_probabilities():
+    """Frequencies of 200k draws match the probabilities within 5 standard errors (a false alarm has
+    probability ~1e-6 per token; the seed fixes it anyway), zero-probability tokens never come up (first,
+    in the middle, last), and a row of one token always gives it."""
+    p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    n = 200_000
+    got = draw(p.expand(n, -1), torch.Generator().manual_seed(0)).flatten()
+    freq = torch.bincount(got, minlength=len(p)).double() / n
+    assert freq[p == 0].sum() == 0
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert ((freq - p).abs() <= 5 * se + 1e-12).all(), (freq, p)
+    one = torch.zeros(3, 50_257)
+    one[:, 50_256] = 1.0
+    assert draw(one).flatten().tolist() == [50_256] * 3
 
 
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
@@ -162,6 +178,23 @@ def test_generate_greedy_is_deterministic_and_slides_past_block_size(pos_emb):
     for t in range(4, 44):
         logits, _ = model(a[:, max(0, t - 16):t])
         assert torch.equal(logits[:, -1].argmax(-1), a[:, t])
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "sinusoidal", "rope"])
+def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, monkeypatch):
+    """Every step's logits, cached or recomputed from the cropped context, agree to float32 rounding,
+    also after the window has slid past block_size (the tokens alone can agree by chance)."""
+    import model as model_module
+    model = tiny(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
+    prompt = torch.randint(0, 50, (2, 3))
+    seen = {True: [], False: []}
+    for cache in (True, False):
+        monkeypatch.setattr(model_module, "pick", lambda logits, *a, _c=cache, **k: seen[_c].append(logits) or
+                            logits.argmax(-1, keepdim=True))
+        list(stream(model, prompt, 30, cache=cache))  # 33 tokens > block_size 16
+    assert len(seen[True]) == 30
+    for cached, full in zip(seen[True], seen[False]):
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
 
 
 def test_sampled_generation_is_the_same_cached_or_not():
