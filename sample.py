@@ -63,6 +63,8 @@ class SampleConfig:
     output: str = ""  # where the grid's JSON goes; "" = out_dir/generations.json
     stream: bool = True  # print a single sample token by token as it is generated
     cache: bool = True  # KV cache / carried state; False recomputes the whole context every step
+    slide: int = 0  # past block_size, the window drops this many oldest tokens when full (then one prefill);
+    # 1 = exact (a full block_size of context for every token, a prefill per token); 0 = block_size // 2
     compile: bool | None = None  # torch.compile the one-token step; None = auto (when it pays off, see COMPILE_PAYS_S)
     quantize: str = ""  # int8: weight-only int8 (GPT; CPU or CUDA); "" = the weights in dtype
     bench: bool = False  # run benchmark() instead of sampling
@@ -74,8 +76,8 @@ class SampleConfig:
             raise UserError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0:
-            raise UserError("top_k and max_new_tokens must be >= 0 and num_samples >= 1")
+        if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0 or self.slide < 0:
+            raise UserError("top_k, max_new_tokens and slide must be >= 0 and num_samples >= 1")
         temps = []
         for t in self.temperatures:
             try:
@@ -148,6 +150,21 @@ def generation_dtype(dtype, device, model):
     return dtype
 
 
+def window_slide(slide, model):
+    """How many tokens the window drops when it is full (stream's `slide`): slide=0 (auto) is half the
+    context. With slide=1 every token past block_size costs a prefill of block_size tokens (1.4 ms at the
+    quickstart's 128, against a 0.3 ms compiled step); with half, one prefill per block_size / 2 tokens.
+    On the quickstart checkpoint the loss at contexts of 64-128 characters measured no higher than at 128
+    (within 0.01 nats), so auto drops half."""
+    limit = model.context_limit
+    if limit is None:
+        return 1  # an LSTM carries its state: no window
+    if slide > limit:
+        raise UserError(f"slide={slide} is more than the model's context of {limit} tokens; give 1 (exact) to {limit}, "
+                        f"or 0 for half")
+    return slide or max(1, limit // 2)
+
+
 def for_generation(model, device, dtype, quantize=""):
     """The model ready to generate: its weights cast once to dtype (rather than autocast, which with
     frozen weights casts every weight again at every step), int8 weights with quantize="int8"."""
@@ -166,14 +183,16 @@ def for_generation(model, device, dtype, quantize=""):
 
 
 def compile_step(model, device):
-    """torch.compile the model's one-token step: CUDA graphs on a GPU; on a CPU, Inductor with freezing
-    (weights become constants, prepacked) and max-autotune (its own GEMM templates, which measured
-    ~1.3x faster than oneDNN's bf16 matrix-vector products and ~2.5x for int8 weights)."""
+    """torch.compile the model's one-token step: CUDA graphs on a GPU (mode="reduce-overhead"'s setting);
+    on a CPU, Inductor with freezing (weights become constants, prepacked), max-autotune (its own GEMM
+    templates, which measured ~1.3x faster than oneDNN's bf16 matrix-vector products and ~2.5x for int8
+    weights) and the C++ wrapper (the quickstart step: 0.16 -> 0.125 ms)."""
     if device.startswith("cuda"):
-        model.compile_step(mode="reduce-overhead")
+        model.compile_step(options={"triton.cudagraphs": True})
     else:
-        model.compile_step(inductor={"freezing": True, "max_autotune": True, "autotune_num_choices_displayed": 0,
-                                     "max_autotune_report_choices_stats": False})  # (autotuning quietly)
+        model.compile_step(inductor={"freezing": True, "max_autotune": True, "cpp_wrapper": True,
+                                     "autotune_num_choices_displayed": 0,  # (autotuning quietly)
+                                     "max_autotune_report_choices_stats": False})
 
 
 class Text:
@@ -221,6 +240,7 @@ class Session:
         if cfg.dtype == "auto":
             self.dtype = generation_dtype(self.dtype, self.device, model)
         self.model = for_generation(model, self.device, self.dtype, cfg.quantize)
+        self.slide = window_slide(cfg.slide, self.model)
         self.can_compile = isinstance(self.model, GPT) and cfg.cache
         if cfg.compile and not self.can_compile:
             raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
@@ -246,7 +266,7 @@ class Session:
         t_first = t_last = t0
         compile_s, first_compiled = None, None  # the token whose step ran compiled first (compiling, if needed)
         for nxt in stream(self.model, idx, cfg.max_new_tokens, temperature, cfg.top_k or None, cfg.top_p,
-                          gen, cfg.cache):
+                          gen, cfg.cache, self.slide):
             toks = nxt[:, 0].tolist()  # waits for the device: the timings below are real
             steps += 1
             now = time.perf_counter()
@@ -388,11 +408,12 @@ def bench_shapes():
     return {"quickstart": quick, "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
 
 
-BENCH_MODES = {  # name: (weights, quantize, compiled)
-    "old": ("autocast", "", False),  # fp32 weights under autocast, eager: sample.py before #14
-    "eager": ("cast", "", False),  # weights cast once to dtype
-    "compiled": ("cast", "", True),  # and the one-token step compiled
-    "int8": ("cast", "int8", True),  # int8 weights, compiled
+BENCH_MODES = {  # name: (weights, quantize, compiled, slide)
+    "old": ("autocast", "", False, 1),  # fp32 weights under autocast, eager, exact slides: sample.py before #14
+    "eager": ("cast", "", False, 0),  # weights cast once to dtype; sample.py's slide (half the context)
+    "compiled": ("cast", "", True, 0),  # and the one-token step compiled
+    "exact": ("cast", "", True, 1),  # compiled, exact slides (only run where the window slides)
+    "int8": ("cast", "int8", True, 0),  # int8 weights, compiled
 }
 
 
@@ -431,7 +452,7 @@ def bytes_per_step(model, B, capacity, itemsize=None):
 
 
 @torch.no_grad()
-def _time_generation(model, B, N, device, weights, dtype):
+def _time_generation(model, B, N, device, weights, dtype, slide):
     """Seconds for a whole N-token generation (batch B, from a 1-token prompt) through stream()."""
     idx = torch.randint(model.cfg.vocab_size, (B, 1), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -439,10 +460,49 @@ def _time_generation(model, B, N, device, weights, dtype):
     with ctx:
         _sync(device)
         t = time.perf_counter()
-        for nxt in stream(model, idx, N, 1.0, None, None, gen):
+        for nxt in stream(model, idx, N, 1.0, None, None, gen, slide=slide):
             nxt.tolist()  # as Session.generate: one sync per token
         _sync(device)
     return time.perf_counter() - t
+
+
+def _bench_model(name, mode, device):
+    """The random-weight model of shape `name`, prepared for generation as `mode` does; and its dtype."""
+    weights, quantize, compiled, _ = BENCH_MODES[mode]
+    torch.manual_seed(0)
+    torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
+    model = GPT(GPTConfig(**bench_shapes()[name])).to(device).eval()
+    dtype = resolve_dtype("auto", device)
+    if weights == "cast":
+        dtype = generation_dtype(dtype, device, model)
+        model = for_generation(model, device, dtype, quantize)
+    if compiled:
+        compile_step(model, device)
+    return model, dtype
+
+
+def _bench_row(model, mode, dtype, B, N, device, bandwidth):
+    """Time one whole generation of N tokens at batch B (compiling first, timed apart); its table row."""
+    weights, _, compiled, slide = BENCH_MODES[mode]
+    slide = window_slide(slide, model)
+    compile_s = None
+    if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
+        t = time.perf_counter()
+        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(1 + N))
+        for _ in range(3):
+            model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
+        _sync(device)
+        compile_s = time.perf_counter() - t
+    else:
+        _time_generation(model, B, 8, device, weights, dtype, slide)  # warm up kernels and allocator
+    seconds = _time_generation(model, B, N, device, weights, dtype, slide)
+    itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
+    step_bytes = bytes_per_step(model, B, model.new_state(1 + N).capacity, itemsize)
+    limit = B * bandwidth / step_bytes
+    return dict(params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B, new_tokens=N,
+                slide=slide if N + 1 > model.context_limit else None, seconds=seconds, tok_s=B * N / seconds,
+                bytes_per_step=step_bytes, limit_tok_s=limit, of_limit=B * N / seconds / limit,
+                bandwidth=bandwidth, compile_s=compile_s)
 
 
 @torch.no_grad()
@@ -463,42 +523,18 @@ def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), l
     print("| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in shapes:
         for mode in modes:
-            weights, quantize, compiled = BENCH_MODES[mode]
-            torch.manual_seed(0)
-            torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
-            model = GPT(GPTConfig(**bench_shapes()[name])).to(device).eval()
-            dtype = resolve_dtype("auto", device)
-            if weights == "cast":
-                dtype = generation_dtype(dtype, device, model)
-            if weights == "cast":
-                model = for_generation(model, device, dtype, quantize)
-            if compiled:
-                compile_step(model, device)
+            model, dtype = _bench_model(name, mode, device)
             for N in lengths:
+                if mode == "exact" and N + 1 <= model.context_limit:
+                    continue  # no slide: the same as compiled
                 for B in batches:
-                    compile_s = None
-                    if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
-                        t = time.perf_counter()
-                        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(1 + N))
-                        for _ in range(3):
-                            model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
-                        _sync(device)
-                        compile_s = time.perf_counter() - t
-                    else:
-                        _time_generation(model, B, 8, device, weights, dtype)  # warm up kernels and allocator
-                    seconds = _time_generation(model, B, N, device, weights, dtype)
-                    itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
-                    step_bytes = bytes_per_step(model, B, model.new_state(1 + N).capacity, itemsize)
-                    limit = B * bandwidth / step_bytes
-                    row = dict(shape=name, params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B,
-                               new_tokens=N, seconds=seconds, tok_s=B * N / seconds, bytes_per_step=step_bytes,
-                               limit_tok_s=limit, bandwidth=bandwidth, compile_s=compile_s)
-                    row["of_limit"] = row["tok_s"] / limit
-                    rows.append(row)
-                    slides = " (slides)" if N + 1 > model.context_limit else ""
-                    print(f"| {name} | {mode} | {dtype} | {B} | {N}{slides} | {seconds:.2f} | {row['tok_s']:,.1f} | "
-                          f"{step_bytes / 1e6:,.1f} | {limit:,.0f} | {row['of_limit']:.0%} | "
-                          f"{'' if compile_s is None else f'{compile_s:.1f}'} |", flush=True)
+                    r = {"shape": name, **_bench_row(model, mode, dtype, B, N, device, bandwidth)}
+                    rows.append(r)
+                    window = f" (slides by {r['slide']})" if r["slide"] else ""
+                    compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+                    print(f"| {name} | {mode} | {dtype} | {B} | {N}{window} | {r['seconds']:.2f} | {r['tok_s']:,.1f} | "
+                          f"{r['bytes_per_step'] / 1e6:,.1f} | {r['limit_tok_s']:,.0f} | {r['of_limit']:.0%} | "
+                          f"{compile_s} |", flush=True)
     return rows
 
 

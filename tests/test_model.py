@@ -180,10 +180,10 @@ def test_generate_greedy_is_deterministic_and_slides_past_block_size(pos_emb):
         assert torch.equal(logits[:, -1].argmax(-1), a[:, t])
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "sinusoidal", "rope"])
-def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, monkeypatch):
-    """Every step's logits, cached or recomputed from the cropped context, agree to float32 rounding,
-    also after the window has slid past block_size (the tokens alone can agree by chance)."""
+@pytest.mark.parametrize("pos_emb,slide", [("learned", 1), ("sinusoidal", 1), ("rope", 1), ("rope", 5), ("learned", 16)])
+def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, slide, monkeypatch):
+    """Every step's logits, cached or recomputed from the window, agree to float32 rounding, also after
+    the window has slid past block_size (the tokens alone can agree by chance); slide=1 is nanoGPT's crop."""
     import model as model_module
     model = tiny(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
     prompt = torch.randint(0, 50, (2, 3))
@@ -191,10 +191,21 @@ def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, 
     for cache in (True, False):
         monkeypatch.setattr(model_module, "pick", lambda logits, *a, _c=cache, **k: seen[_c].append(logits) or
                             logits.argmax(-1, keepdim=True))
-        list(stream(model, prompt, 30, cache=cache))  # 33 tokens > block_size 16
-    assert len(seen[True]) == 30
+        out = torch.cat(list(stream(model, prompt, 40, cache=cache, slide=slide)), dim=1)  # 43 tokens > block_size 16
+    assert len(seen[True]) == 40
     for cached, full in zip(seen[True], seen[False]):
         torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+    if slide == 1:  # each prediction sees the last block_size tokens, as a plain forward of them does
+        full_idx = torch.cat([prompt, out], dim=1)
+        last, _ = model(full_idx[:, -17:-1])
+        torch.testing.assert_close(seen[True][-1], last[:, -1], atol=1e-5, rtol=0)
+
+
+def test_slide_must_fit_the_context():
+    model = tiny().eval()
+    for slide in (0, 17):
+        with pytest.raises(ValueError, match="slide"):
+            generate(model, torch.zeros(1, 2, dtype=torch.long), 3, slide=slide)
 
 
 def test_sampled_generation_is_the_same_cached_or_not():

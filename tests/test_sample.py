@@ -50,6 +50,9 @@ def test_batch_seed_greedy_and_cache_through_one_code_path(runs, kind):
                                  "--cache=False")) == texts  # the uncached reference draws the same tokens
     greedy = sample.sample(cfg_for(runs[kind], "--num_samples=2", "--temperature=0", "--max_new_tokens=60"))
     assert greedy[0] == greedy[1]  # 60 > block_size 24: the GPT slides its window
+    for slide in ("1", "0", "24"):  # exact, half (the default), the whole window
+        args = ("--num_samples=2", "--temperature=1.0", "--max_new_tokens=60", f"--slide={slide}")
+        assert sample.sample(cfg_for(runs[kind], *args)) == sample.sample(cfg_for(runs[kind], *args, "--cache=False"))
 
 
 def test_stop_string_trims_each_sample_at_its_own_stop(runs):
@@ -121,6 +124,8 @@ def test_bad_input_is_one_clear_user_error(runs, tmp_path):
              (["--top_p=0"], "top_p must be in"),
              (["--stop=\\x"], "bad backslash escape"),
              (["--quantize=int4"], "quantize must be int8 or empty"),
+             (["--slide=-1"], "slide must be >= 0"),
+             (["--slide=25"], "slide=25 is more than the model's context of 24 tokens"),
              (["--dtype=float16"], "dtype=float16 needs a CUDA GPU")]
     (tmp_path / "empty.txt").write_text("\n\n")
     cases.append(([f"--prompts={tmp_path / 'empty.txt'}"], "has no prompts"))
