@@ -7,6 +7,7 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which), and ben
     python sample.py --start=FILE:prompt.txt --max_new_tokens=1000 --seed=7 --stop='\\n\\n'
     python sample.py --prompts=prompts.txt --temperatures=0.5,1.0,1.5   # grid -> out_dir/generations.json
     python sample.py --compile=True --quantize=int8    # compiled one-token step, int8 weights (see README)
+    python sample.py --slide=1 --max_new_tokens=2000   # past block_size, every token sees a full window (slower)
     python sample.py --bench=True                      # decode tokens/s vs the bandwidth limit (random weights)
     python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
 
@@ -17,7 +18,8 @@ stop string (backslash escapes understood; the string is trimmed off) or at the 
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
 token by token as it is generated (each new token decoded once). Prefill and decode speeds are
 reported after generating. The weights are cast once to the generation dtype (see generation_dtype);
-compile=None compiles the one-token step only when the generation is long enough to pay for it.
+compile=None compiles the one-token step only when the generation is long enough to pay for it. Past
+block_size the window drops its oldest `slide` tokens when full (default half; see window_slide).
 With --init_from (GPT-2's weights, see hf.py) there is no checkpoint: the tokenizer is gpt2.
 """
 import contextlib
@@ -38,10 +40,10 @@ TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
 QUANTIZE = ("", "int8")
 CPU_FP32_BYTES = 32 * 2**20  # see generation_dtype: about a server CPU's last-level cache
 COMPILE_AFTER = 8  # compile=None (auto) times this many eager decode steps, then decides
-COMPILE_PAYS_S = 90.0  # auto compiles when the rest of the decode would take longer than this eagerly:
-# compiling the step costs 45-55 s on a 2-core CPU (freezing + max-autotune; freezing bypasses Inductor's
-# disk cache, so every run pays it) and the compiled step measured ~2x faster at 124M, so it pays off
-# from ~100 s of eager decoding
+COMPILE_PAYS_S = 60.0  # auto compiles when the rest of the decode would take longer than this eagerly:
+# compiling the step costs 12-22 s (quickstart) and 24-44 s (124M) on a 2-core CPU (freezing prepacks the
+# weights, which keeps Inductor's disk cache out, so every run pays it), and the compiled step decodes
+# 5.7x (quickstart) and 2.7x (124M) faster, so it pays off from ~25 s and ~65 s of eager decoding
 
 
 @dataclass
