@@ -319,3 +319,18 @@ def test_int8_weights_stay_close_and_generate():
     assert model.wte.weight.dtype == torch.float32  # the tied embedding stays a float lookup table
     torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0)
     assert generate(model, idx[:, :3], 20, temperature=0).shape == (2, 23)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_generates_what_eager_does():
+    """On a GPU: the compiled step that sample.py makes there (CUDA graphs, static cache buffers) gives the
+    eager tokens, greedy and sampled (the sampler's draw on the device), across slides. fp32, where the
+    two paths differ by rounding only (~1e-6), far below the margins between this model's choices."""
+    import sample
+    model = sample.for_generation(tiny(n_head=4, pos_emb="rope", n_kv_head=2).cuda().eval(), "cuda", "float32")
+    prompt = torch.randint(0, 50, (2, 1), device="cuda")
+    kw = [dict(temperature=0), dict(temperature=1.0, top_k=10, generator=torch.Generator("cuda").manual_seed(3))]
+    want = [generate(model, prompt, 40, **k) for k in kw]  # 41 tokens > block_size 16: slides
+    sample.compile_step(model, "cuda")
+    kw[1]["generator"].manual_seed(3)
+    assert [torch.equal(generate(model, prompt, 40, **k), w) for k, w in zip(kw, want)] == [True, True]
