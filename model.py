@@ -8,6 +8,7 @@ A GPT-2-style decoder-only transformer, and the one `generate` that serves every
     model.compile_step()                      # one-token steps run torch.compile'd (sample.py decides)
     out = generate(model, idx, 100, temperature=0.8, top_p=0.9)     # (B, T + 100)
     for nxt in stream(model, idx, 100): ...   # the same loop, one (B, 1) token at a time
+    generate(model, idx, 500, slide=64)       # past block_size, the window drops 64 tokens when full
 
 Token embeddings plus positions (pos_emb: learned GPT-2 embeddings, fixed sinusoids, or rotary
 embeddings applied to queries and keys), pre-norm blocks (causal self-attention through
