@@ -37,7 +37,7 @@ import torch
 from configurator import UserError, cli, load_config
 from model import GPT2_ARCH
 from train import (TrainConfig, autocast, build_model, make_optimizers, model_args, objective, optimizer_step,
-                   resolve_compile, resolve_device, resolve_dtype)
+                   resolve_compile, resolve_device, resolve_dtype, sync)
 
 WHAT = ("train", "tokenize", "generate", "budget")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget takes minutes per recipe
@@ -90,11 +90,6 @@ def peak_flops(device, dtype, n=None):
         sync(device)
         best = min(best, (time.perf_counter() - t) / reps)
     return 2 * n ** 3 / best
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def flops_per_token(model, cfg, T):

@@ -33,9 +33,9 @@ from configurator import UserError
 
 INIT_STD = 0.02  # GPT-2's weight init
 ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
-SINUSOID_BASE = 10000.0
+SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
 INT8_MAX_ROWS = 16  # Int8Linear: inputs of up to this many rows (tokens x batch) use the int8 kernel
-CACHE_ROUND = 64  # KV cache sizes are multiples of this (each size is one compiled decode step)  # "Attention Is All You Need" position encoding wavelengths
+CACHE_ROUND = 64  # KV cache sizes are multiples of this (each size is one compiled decode step)
 POS_EMBS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 # the MLP's nonlinearity: exact GELU, the tanh approximation GPT-2 was trained with, or ReLU squared
@@ -194,7 +194,7 @@ class CausalSelfAttention(nn.Module):
                 # (with a mask the fused CPU kernel measured 10x slower for this, ~0.5 ms per layer at 124M)
                 q = q.view(B, self.n_kv_head, self.n_head // self.n_kv_head, self.hs)
                 att = (q @ k.transpose(-2, -1)).float() * self.hs ** -0.5  # (B, nkv, group, capacity)
-                att = att.masked_fill(~where[1], float("-inf")).softmax(dim=-1)
+                att = torch.where(where[1], att, float("-inf")).softmax(dim=-1)
                 y = (att.to(v.dtype) @ v).view(B, self.n_head, 1, self.hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
@@ -397,7 +397,6 @@ def quantize_int8(model, dtype):
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child, dtype))
     return model
-
 
 
 def filter_logits(logits, top_k=None, top_p=None):

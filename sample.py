@@ -34,7 +34,8 @@ import hf
 import prepare
 from configurator import UserError, cli, load_config
 from model import GPT, GPTConfig, quantize_int8, stream
-from train import CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype
+from train import (CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype,
+                   sync)
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
 QUANTIZE = ("", "int8")
@@ -420,17 +421,12 @@ BENCH_MODES = {  # name: (weights, quantize, compiled, slide)
 }
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def memory_bandwidth(device, gib=1.0, repeats=5):
     """Bytes/s of the best of `repeats` sums over a `gib` GiB fp32 tensor: the roof decode is held to."""
     x = torch.ones(int(gib * 2**30) // 4, device=device)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         x.sum().item()
         best = min(best, time.perf_counter() - t)
@@ -461,11 +457,11 @@ def _time_generation(model, B, N, device, weights, dtype, slide):
     gen = torch.Generator(device=device).manual_seed(0)
     ctx = autocast(device, dtype) if weights == "autocast" else contextlib.nullcontext()
     with ctx:
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         for nxt in stream(model, idx, N, 1.0, None, None, gen, slide=slide):
             nxt.tolist()  # as Session.generate: one sync per token
-        _sync(device)
+        sync(device)
     return time.perf_counter() - t
 
 
@@ -488,19 +484,19 @@ def _bench_row(model, mode, dtype, B, N, device, bandwidth):
     """Time one whole generation of N tokens at batch B (compiling first, timed apart); its table row."""
     weights, _, compiled, slide = BENCH_MODES[mode]
     slide = window_slide(slide, model)
-    compile_s = None
+    compile_s, capacity = None, model.new_state(1 + N).capacity
     if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
         t = time.perf_counter()
-        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(1 + N))
+        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(capacity))
         for _ in range(3):
             model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
-        _sync(device)
+        sync(device)
         compile_s = time.perf_counter() - t
     else:
         _time_generation(model, B, 8, device, weights, dtype, slide)  # warm up kernels and allocator
     seconds = _time_generation(model, B, N, device, weights, dtype, slide)
     itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
-    step_bytes = bytes_per_step(model, B, model.new_state(1 + N).capacity, itemsize)
+    step_bytes = bytes_per_step(model, B, capacity, itemsize)
     limit = B * bandwidth / step_bytes
     return dict(params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B, new_tokens=N,
                 slide=slide if N + 1 > model.context_limit else None, seconds=seconds, tok_s=B * N / seconds,

@@ -17,8 +17,9 @@ warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm, QK-norm, ReLU², zer
 and an untied head. The seed configs pin GPT-2's architecture and their seeds' optimizers; see
 configurator.py for how overrides apply. A run ends at max_iters or when its wall-clock budget
 (time_budget, minutes) is spent, whichever comes first; the LR schedule (wsd, cosine, onecycle, invsqrt,
-step, constant) runs on progress = the further of the two, so it completes its shape when the run ends. Then the best checkpoint is evaluated on the full val and test splits
-(a signal cuts that short, keeping what was scored).
+step, constant) runs on progress = the further of the two, so it completes its shape when the run ends.
+Then the best checkpoint is evaluated on the full val and test splits (a signal cuts that short, keeping
+what was scored).
 Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes together, so
 a config trains on the same tokens per step (and the same windows) whatever the number of processes.
 dtype=auto is bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing) and on CPUs with
@@ -159,6 +160,12 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- devices and precision
+
+def sync(device):
+    """Wait for the device's queued work (timings of GPU work are meaningless without it); a CPU has none."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
 
 def resolve_device(name):
     if name == "auto":
