@@ -30,14 +30,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from configurator import UserError, cli, load_config
-from model import GPT2_ARCH
-from train import (TrainConfig, autocast, build_model, make_optimizers, model_args, objective, optimizer_step,
-                   resolve_compile, resolve_device, resolve_dtype, sync)
+from common import resolve_compile, resolve_device, resolve_dtype, sync
+from configurator import UserError, cli, load_config, read_override_file
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields
+from optim import OptimConfig, make_optimizers, train_step
 
 WHAT = ("train", "tokenize", "generate", "budget")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget takes minutes per recipe
@@ -100,35 +100,35 @@ def flops_per_token(model, cfg, T):
 
 
 def shapes(device):
-    """(name, TrainConfig, batch, T) of the benchmarked models; GPT-2 small is cut down on a CPU."""
-    quick = load_config(TrainConfig(), [os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                     "config", "quickstart.py")])
-    gpt2 = TrainConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0)
+    """(name, GPTConfig, OptimConfig, batch, T) of the benchmarked models, with train.py's default recipe:
+    the quickstart (config/quickstart.py) and GPT-2 small, cut down to batch 1 x 256 on a CPU."""
+    quick = read_override_file(os.path.join(REPO, "config", "quickstart.py"))
+    arch = {k: v for k, v in quick.items() if k in config_fields("gpt")}
+    optim = OptimConfig(**{k: v for k, v in quick.items() if k in {f.name for f in fields(OptimConfig)}})
     cuda = device.startswith("cuda")
-    return [("quickstart", quick, quick.batch_size, quick.block_size, 256),
-            ("gpt2-124M", gpt2, 16 if cuda else 1, 1024 if cuda else 256, 50257)]
+    return [("quickstart", GPTConfig(**{**RECIPE_ARCH, **arch, "vocab_size": 256}), optim, quick["batch_size"],
+             arch["block_size"]),
+            ("gpt2-124M", GPTConfig(**RECIPE_ARCH, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
+             OptimConfig(), 16 if cuda else 1, 1024 if cuda else 256)]
 
 
-def bench_model(name, cfg, B, T, vocab, device, settings, rounds, peaks):
+def bench_model(name, arch, ocfg, B, T, device, settings, rounds, peaks):
     """Rows of results for one shape, every setting timed round-robin on one shared model."""
     torch.manual_seed(0)
-    raw = build_model("gpt", model_args(cfg, vocab)).to(device)
-    fused = make_optimizers(cfg, raw, device)  # what train.py uses
-    plain = [torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]  # PyTorch's default kernel
+    raw = GPT(arch).to(device)
+    fused = make_optimizers(ocfg, raw, device)  # what train.py uses
+    plain = [torch.optim.AdamW(raw.parameters(), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2))]  # PyTorch's default kernel
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(vocab, (B, T), generator=gen).to(device)
-    y = torch.randint(vocab, (B, T), generator=gen).to(device)
+    x = torch.randint(arch.vocab_size, (B, T), generator=gen).to(device)
+    y = torch.randint(arch.vocab_size, (B, T), generator=gen).to(device)
     steps = {}
     for label, dtype, compiled, engine in settings:
         model = torch.compile(raw) if compiled else raw
         scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
         optimizer = fused if engine else plain
 
-        def step(model=model, dtype=dtype, scaler=scaler, optimizer=optimizer):
-            with autocast(device, dtype):
-                loss = objective(model, x, y, cfg)
-            scaler.scale(loss).backward()
-            optimizer_step(optimizer, scaler, raw, cfg.grad_clip)
+        def step(model=model, dtype=dtype, scaler=scaler, optimizer=optimizer):  # train.py's step
+            train_step(model, lambda: (x, y), 1, optimizer, scaler, ocfg, device, dtype, raw=raw)
         t = time.perf_counter()
         for _ in range(2 if compiled else 1):  # compile (forward and backward graphs), or warm the allocator
             step()
@@ -143,7 +143,7 @@ def bench_model(name, cfg, B, T, vocab, device, settings, rounds, peaks):
             step()
             sync(device)
             times[label].append(time.perf_counter() - t)
-    fpt = flops_per_token(raw, cfg, T)
+    fpt = flops_per_token(raw, arch, T)
     rows = []
     for label, dtype, _, _ in settings:
         best = min(times[label])
@@ -183,13 +183,13 @@ def bench_train(bc):
     if not any("default" in s[0] for s in settings):
         settings.append(("default", auto_dtype, auto_compile, True))
     rows = []
-    for name, cfg, B, T, vocab in shapes(device):
+    for name, arch, ocfg, B, T in shapes(device):
         if name != "quickstart" and not bc.big:
             continue
         todo = settings
         if name != "quickstart" and not cuda:  # compiling GPT-2 small on a few CPU cores takes minutes
             todo = [s for s in settings if not s[2]] or settings[:1]
-        rows += bench_model(name, cfg, B, T, vocab, device, todo, bc.steps, peaks)
+        rows += bench_model(name, arch, ocfg, B, T, device, todo, bc.steps, peaks)
     print(f"{'model':<12} {'setting':<26} {'batch':>11} {'tok/s':>9} {'ms/step':>9} {'median':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'vs plain':>9}")
     for r in rows:
@@ -253,7 +253,7 @@ def bench_budget(bc):
                 runs[name].append(json.load(f))
             res = runs[name][-1]
             print(f"  {name} run {r}: {res['iters']} steps, val loss {res['val_loss']:.4f}", file=sys.stderr, flush=True)
-    lines = [f"| recipe | steps | tokens seen | tokens/s | val loss (min) | val loss (median) | val bits/byte |",
+    lines = ["| recipe | steps | tokens seen | tokens/s | val loss (min) | val loss (median) | val bits/byte |",
              "|:---|--:|--:|--:|--:|--:|--:|"]
     for name, results in runs.items():
         best = min(results, key=lambda res: res["val_loss"])

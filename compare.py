@@ -36,8 +36,8 @@ def read_run(run_dir):
     with open(path) as f:
         results = json.load(f)
     if results.get("final_eval_cut"):
-        raise UserError(f"{run_dir}'s final evaluation was cut short: evaluate it again with python train.py ... "
-                        f"--out_dir={run_dir} --init_from=resume")
+        raise UserError(f"{run_dir}'s evaluation was cut short: score it again with python evaluate.py "
+                        f"--out_dir={run_dir}")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         events = [json.loads(line) for line in f]
     return results, events

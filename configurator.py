@@ -117,11 +117,13 @@ def load_config(defaults, argv):
     """Apply override files then --key=value flags from argv to a copy of the dataclass `defaults`."""
     types_ = _field_types(defaults)
     values = dataclasses.asdict(defaults)
+    given = set()
 
     def apply(key, value, where):
         if key not in types_:
             raise UserError(f"{where}: unknown config key '{key}'{_suggest(key, list(types_))}")
         values[key] = coerce(key, value, types_[key], where)
+        given.add(key)
 
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -143,4 +145,10 @@ def load_config(defaults, argv):
     cfg = type(defaults)(**values)
     if hasattr(cfg, "validate"):
         cfg.validate()
+    cfg._given = frozenset(given)
     return cfg
+
+
+def given_keys(cfg):
+    """The keys load_config set from an override file or a flag (not left at their defaults)."""
+    return getattr(cfg, "_given", frozenset())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import hf
 from configurator import UserError, cli, load_config
-from train import CKPT_BEST, load_checkpoint, model_from_checkpoint
+from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
 
 
 @dataclass

@@ -4,7 +4,7 @@ directory) become a checkpoint of our GPT (model.py), and a run becomes a direct
 
     ckpt = load_pretrained("gpt2")              # gpt2 | gpt2-medium | gpt2-large | gpt2-xl: the Hub, cached
     ckpt = load_pretrained("hf:path/to/dir")    # config.json + model.safetensors, offline
-    model = train.model_from_checkpoint(ckpt)   # our GPT with exactly GPT-2's architecture
+    model = checkpoint.model_from_checkpoint(ckpt)   # our GPT with exactly GPT-2's architecture
     save_pretrained(model, ckpt["meta"], "out/x/hf")   # config.json, model.safetensors (+ gpt2 tokenizer files)
 
 The two differ in names and in one layout detail: GPT-2's Conv1D keeps a weight as (in, out) where
@@ -19,9 +19,9 @@ import os
 
 import torch
 
-import prepare
 from configurator import UserError
 from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's BPE vocabulary (tiktoken's gpt2) and its <|endoftext|>
@@ -253,7 +253,7 @@ def bytes_to_unicode():
 def gpt2_tokenizer_files():
     """GPT-2's vocab.json (token -> id) and merges.txt, rebuilt from tiktoken's gpt2 encoding: token id r >= 256
     is the merge of the two tokens that byte-pair encoding with ranks below r leaves of its bytes."""
-    enc = prepare.Tokenizer("gpt2")._enc
+    enc = Tokenizer("gpt2")._enc
     ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
     char = bytes_to_unicode()
     spell = lambda b: "".join(char[x] for x in b)  # noqa: E731

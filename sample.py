@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 
 import hf
-import prepare
+from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
+from common import autocast, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config
 from model import GPT, GPTConfig, quantize_int8, stream
-from train import (CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype,
-                   sync)
+from tokenizer import Tokenizer
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
 QUANTIZE = ("", "int8")
@@ -239,7 +239,7 @@ class Session:
         else:
             self.path = os.path.join(cfg.out_dir, cfg.ckpt)
             self.ckpt = load_checkpoint(self.path)
-        self.tok = prepare.Tokenizer.from_meta(self.ckpt["meta"])
+        self.tok = Tokenizer.from_meta(self.ckpt["meta"])
         model = model_from_checkpoint(self.ckpt).to(self.device).eval()
         if cfg.dtype == "auto":
             self.dtype = generation_dtype(self.dtype, self.device, model)
@@ -407,8 +407,8 @@ def main(argv):
 def bench_shapes():
     """Random weights (speed does not depend on them): the quickstart's model (train.py's defaults at
     config/quickstart.py's size) and GPT-2 124M."""
-    from train import TrainConfig, model_args
-    quick = {**model_args(TrainConfig(), 222), **dict(block_size=128, n_layer=4, n_head=4, n_embd=128)}
+    from model import RECIPE_ARCH
+    quick = dict(**RECIPE_ARCH, vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128)
     return {"quickstart": quick, "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
 
 

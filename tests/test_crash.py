@@ -19,9 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
+import common
+import dataloader
 import compare
+import evaluate
+import metrics
 import prepare
 import train
+from model import build_model
+from dataloader import SPLITS
 from configurator import UserError, load_config
 from conftest import code_text, prepare_text
 
@@ -102,7 +109,7 @@ def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     stop = events(out, "final")[0]["step"]
     assert stop >= events(out, "train")[-1]["step"] > 0  # it stopped at the end of the step it was in
     assert [e["step"] for e in events(out, "eval")] == [0, stop]  # and evaluated there
-    last = train.load_checkpoint(out / "last.pt")
+    last = checkpoint.load_checkpoint(out / "last.pt")
     assert last["iter"] == stop and all_finite(last["model"])
     results = json.loads((out / "results.json").read_text())
     assert results["iters"] == stop and results["tokens_seen"] == stop * 4 * 16
@@ -142,58 +149,40 @@ def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(d
     assert (out / "results.json").is_file() and not (out / "run.lock").exists()
 
 
-@pytest.fixture(scope="module")
-def big_splits(tmp_path_factory):
-    """A char-level dataset with val and test splits of 40% each (~190k tokens): scoring them one window of 16
-    tokens at a time takes a tiny model seconds, long enough to be interrupted. Returns the data_dir."""
-    root = tmp_path_factory.mktemp("big")
-    (root / "code.txt").write_text(code_text() * 10, encoding="utf-8")
-    prepare.prepare(load_config(prepare.PrepareConfig(), ["--dataset=text", f"--input={root / 'code.txt'}",
-                                                           f"--data_dir={root / 'data'}", "--name=code",
-                                                           "--val_frac=0.4", "--test_frac=0.4"]))
-    return root / "data"
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the_results(big_splits, tmp_path, sig):
+def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the_results(data, tmp_path, sig,
+                                                                                          monkeypatch, capsys):
+    """The signal arrives at a fixed point, deterministically: sent by this process to itself once the train
+    sample is scored, as the val split is about to be. The splits not reached score null."""
     out = tmp_path / "run"
-    argv = [sys.executable, "train.py", *flags(big_splits, out, "--max_iters=4", "--eval_interval=4",
-                                               "--batch_size=1", "--final_eval_tokens=0")]
-    proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:  # the final evaluation has begun (the checkpoints are saved by then)
-            if line.startswith("final evaluation: scoring ckpt.pt"):
-                break
-        before = {name: digest for name, digest in snapshot(out).items() if name.endswith(".pt")}
-        assert set(before) == {"ckpt.pt", "last.pt"}, "train.py ended before its final evaluation"
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
-    assert f"{sig.name}: cutting the final evaluation short" in stdout and "Traceback" not in stderr
-    assert stdout.splitlines()[-1] == (f"the final evaluation was cut short: {out}/results.json holds what was "
-                                       f"scored (see *_tokens_scored); `python train.py ... --init_from=resume` "
-                                       f"evaluates again")
+    real = metrics.evaluate_split
+    calls = []
+
+    def signal_before_val(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 2:  # train sample, then val
+            os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(metrics, "evaluate_split", signal_before_val)
+    train.main(flags(data, out, "--max_iters=4", "--eval_interval=4", "--final_eval_tokens=0"))
+    stdout = capsys.readouterr().out
+    assert f"{sig.name}: cutting the evaluation short" in stdout and len(calls) == 3
     results = json.loads((out / "results.json").read_text())
-    splits = json.loads((big_splits / "code" / "meta.json").read_text())["splits"]
-    whole = {"train": min(splits["train"]["tokens"] - 1, splits["val"]["tokens"]),
-             "val": splits["val"]["tokens"] - 1, "test": splits["test"]["tokens"] - 1}
-    scored = {s: results[f"{s}_tokens_scored"] for s in whole}
-    assert results["final_eval_cut"] is True and sum(scored.values()) < sum(whole.values())
-    for s, n in scored.items():  # a split reached scores what it scored; one not reached scores null
-        assert (results[f"{s}_loss"] is None) == (n == 0) and (n == 0 or 0 < results[f"{s}_loss"] < 10)
-    assert "cut short" in (out / "results.md").read_text()
-    assert {name: snapshot(out)[name] for name in before} == before  # the checkpoints are untouched
-    with pytest.raises(UserError, match="final evaluation was cut short: evaluate it again"):
+    assert results["final_eval_cut"] is True and results["train_tokens_scored"] > 0 and results["train_loss"] < 10
+    assert results["val_tokens_scored"] == results["test_tokens_scored"] == 0
+    assert results["val_loss"] is None and results["test_loss"] is None
+    assert "The evaluation was cut short" in (out / "results.md").read_text()
+    assert "not scored" in (out / "results.md").read_text()
+    before = {name: digest for name, digest in snapshot(out).items() if name.endswith(".pt")}
+    assert set(before) == {"ckpt.pt", "last.pt"}
+    with pytest.raises(UserError, match="evaluation was cut short: score it again"):
         compare.read_run(out)  # half a score is not compared with a whole one
 
-    r = subprocess.run(argv + ["--init_from=resume", "--final_eval_tokens=3000"], cwd=REPO, env=ENV,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setattr(metrics, "evaluate_split", real)
+    evaluate.main([f"--out_dir={out}", f"--data_dir={data}", "--max_tokens=1000"])
     results = json.loads((out / "results.json").read_text())
-    assert results["final_eval_cut"] is False and all(results[f"{s}_tokens_scored"] == 3000 for s in whole)
+    assert results["final_eval_cut"] is False and all(results[f"{s}_tokens_scored"] == 1000 for s in SPLITS)
+    assert {name: snapshot(out)[name] for name in before} == before  # scoring never touches the checkpoints
 
 
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
@@ -205,9 +194,9 @@ def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     proc.wait()
     assert not events(out, "final"), "the kill should land mid-training"
     killed_at = events(out, "train")[-1]["step"]
-    saved = train.load_checkpoint(out / "last.pt")  # the rename is atomic: old or new, never a torn file
+    saved = checkpoint.load_checkpoint(out / "last.pt")  # the rename is atomic: old or new, never a torn file
     assert saved["iter"] % 10 == 0 and 10 <= saved["iter"] <= killed_at + 5
-    best = train.load_checkpoint(out / "ckpt.pt")
+    best = checkpoint.load_checkpoint(out / "ckpt.pt")
     assert best["iter"] <= saved["iter"] and all_finite(best["model"])
     left = json.loads((out / "run.lock").read_text())  # the killed run's lock stays behind, and is taken over
     assert left["pid"] == proc.pid
@@ -220,8 +209,8 @@ def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     after = [e["step"] for e in events(out, "train")]
     resumed = after[after.index(killed_at) + 1:]  # the train steps logged by the resumed process
     assert resumed == list(range(saved["iter"] + 5, 61, 5))  # it went on from the checkpoint, to the end
-    assert train.load_checkpoint(out / "last.pt")["iter"] == 60
-    train.model_from_checkpoint(train.load_checkpoint(out / "ckpt.pt"))
+    assert checkpoint.load_checkpoint(out / "last.pt")["iter"] == 60
+    checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(out / "ckpt.pt"))
     assert not list(out.glob("*.tmp"))
 
 
@@ -243,7 +232,7 @@ class FakeTime:
 def test_resume_counts_the_time_already_spent(data, tmp_path, monkeypatch):
     clock = FakeTime()
     monkeypatch.setattr(train, "time", clock)
-    draw = train.Batches.next
+    draw = dataloader.Batches.next
     draws = []
 
     def step_takes_a_second(self):
@@ -252,7 +241,7 @@ def test_resume_counts_the_time_already_spent(data, tmp_path, monkeypatch):
         if draws == [1] * 12 and split_run:  # Ctrl-C during step 12 of the split run
             signal.raise_signal(signal.SIGINT)
         return draw(self)
-    monkeypatch.setattr(train.Batches, "next", step_takes_a_second)
+    monkeypatch.setattr(dataloader.Batches, "next", step_takes_a_second)
     budget = ["--max_iters=100000", "--time_budget=0.5", "--eval_interval=10", "--log_interval=3"]  # 30 "seconds"
 
     split_run = False
@@ -261,7 +250,7 @@ def test_resume_counts_the_time_already_spent(data, tmp_path, monkeypatch):
 
     split_run, draws = True, []
     assert run_train(data, tmp_path / "split", *budget)["iters"] == 12
-    assert train.load_checkpoint(tmp_path / "split" / "last.pt")["elapsed_s"] == 12.0
+    assert checkpoint.load_checkpoint(tmp_path / "split" / "last.pt")["elapsed_s"] == 12.0
     clock.now += 3600.0  # an hour passes before the resume: it is not training time
     resumed = run_train(data, tmp_path / "split", *budget, "--init_from=resume")
     assert resumed["iters"] == 30 and resumed["wall_time_s"] == 30.0  # 12 spent + 18 more, not 30 more
@@ -273,9 +262,9 @@ def test_resume_counts_the_time_already_spent(data, tmp_path, monkeypatch):
 @pytest.mark.parametrize("log_interval, caught_at", [(100, "eval"), (5, "log")])
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, log_interval, caught_at):
     out = tmp_path / "run"
-    models, build = [], train.build_model
+    models, build = [], build_model
     monkeypatch.setattr(train, "build_model", lambda kind, args: models.append(build(kind, args)) or models[-1])
-    draw, draws = train.Batches.next, []
+    draw, draws = dataloader.Batches.next, []
 
     def poison(self):  # the weights go nan during step 14, between the evals at 10 and 20
         draws.append(1)
@@ -284,7 +273,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
                 for p in models[0].parameters():
                     p.fill_(float("nan"))
         return draw(self)
-    monkeypatch.setattr(train.Batches, "next", poison)
+    monkeypatch.setattr(dataloader.Batches, "next", poison)
     with pytest.raises(UserError, match=r"training loss at step 14 is nan or inf: stopped without saving; "
                                         r"the last good checkpoint \(step 10\)"):
         run_train(data, out, "--max_iters=40", "--eval_interval=10", f"--log_interval={log_interval}")
@@ -297,7 +286,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
 
 def test_fp16_skipped_steps_are_counted_not_treated_as_nan(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(train, "resolve_dtype", lambda name, device: "float16")  # CPU autocast runs fp16 too
+    monkeypatch.setattr(common, "resolve_dtype", lambda name, device: "float16")  # CPU autocast runs fp16 too
     # a huge initial loss scale: the first steps' gradients overflow and the GradScaler skips them
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 40))
     run_train(data, out, "--max_iters=30", "--eval_interval=30", "--log_interval=30")
@@ -337,7 +326,7 @@ def test_second_ctrl_c_exits_at_once_but_a_second_sigterm_does_not(monkeypatch):
     def exit_now(code):
         raise SystemExit(code)
     monkeypatch.setattr(train.os, "_exit", exit_now)
-    flag = train.StopFlag()
+    flag = common.StopFlag()
     try:
         assert not flag.requested
         signal.raise_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import pytest
 import urllib3.util.connection
 import zstandard
 
+import dataloader
 import configurator
 import prepare
 from configurator import UserError
@@ -230,7 +231,7 @@ def test_wikitext2_download_verify_reuse(server, tmp_path, wikitext_files):
     server.files.update(wikitext_files)
     argv = ["wikitext2", "--tokenizer=word", f"--url={server.url}/wt", f"--data_dir={tmp_path}"]
     prepare.main(argv)
-    meta = prepare.load_meta(tmp_path / "wikitext2")
+    meta = dataloader.load_meta(tmp_path / "wikitext2")
     assert (meta["splits"]["val"]["tokens"], meta["splits"]["test"]["tokens"]) == (217_646, 245_569)
     assert sorted(p.name for p in (tmp_path / "wikitext2" / "raw").iterdir()) == ["test.txt", "train.txt", "valid.txt"]
     assert len(server.log) == 3
@@ -243,7 +244,7 @@ def test_wikitext2_source_skips_the_network(server, tmp_path, wikitext_files):
         (tmp_path / path.rpartition("/")[2]).write_bytes(body)
     prepare.main(["wikitext2", "--tokenizer=word", f"--source={tmp_path}", f"--url={server.url}/wt",
                   f"--data_dir={tmp_path / 'data'}"])
-    assert prepare.load_meta(tmp_path / "data" / "wikitext2")["splits"]["test"]["tokens"] == 245_569
+    assert dataloader.load_meta(tmp_path / "data" / "wikitext2")["splits"]["test"]["tokens"] == 245_569
     assert server.log == []
 
 
@@ -270,8 +271,8 @@ def test_plwiki_streams_over_http_through_a_dropped_connection(server, tmp_path)
     prepare.main(common + [f"--source={tmp_path / 'plwiki.jsonl.zst'}", "--name=local"])
     assert server.log == [("/sl/plwiki.manifest", None), ("/sl/plwiki.jsonl.zst", None),
                           ("/sl/plwiki.jsonl.zst", f"bytes={len(blob) // 3}-")]
-    for s in prepare.SPLITS:
+    for s in dataloader.SPLITS:
         assert (tmp_path / "web" / f"{s}.bin").read_bytes() == (tmp_path / "local" / f"{s}.bin").read_bytes()
-    meta = prepare.load_meta(tmp_path / "web")
+    meta = dataloader.load_meta(tmp_path / "web")
     assert sum(meta["source"]["docs"].values()) == 1200 and meta["source"]["manifest_documents"] == 3000
     assert [p.name for p in (tmp_path / "web" / "raw").iterdir()] == ["plwiki.manifest"]  # archive not stored

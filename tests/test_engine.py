@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import common
+import dataloader
+import model as model_lib
+import optim
 import prepare
 import train
+from model import build_model
 from configurator import UserError, load_config
 from conftest import code_text, prepare_text
 
@@ -41,7 +47,7 @@ def cfg_of(*argv):
 # ----------------------------------------------------------------------------- schedules (pure functions)
 
 def lrs_over(cfg, n=200):
-    return [train.get_lr(it, train.progress_of(it, 0, cfg), cfg) for it in range(n + 1)]
+    return [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(n + 1)]
 
 
 def test_onecycle_rises_falls_then_annihilates_with_momentum_opposite():
@@ -56,14 +62,14 @@ def test_onecycle_rises_falls_then_annihilates_with_momentum_opposite():
     assert lrs[120] == pytest.approx(lrs[40]) and lrs[160] == pytest.approx(1e-4)
     assert all(a > b for a, b in zip(lrs[160:], lrs[161:]))  # ...then annihilation far below the start
     assert lrs[200] == pytest.approx(1e-6)
-    moms = [train.get_momentum(train.progress_of(it, 0, cfg), cfg) for it in range(201)]
+    moms = [optim.get_momentum(optim.progress_of(it, 0, cfg), cfg) for it in range(201)]
     assert moms[0] == pytest.approx(0.9) and moms[80] == pytest.approx(0.8) == min(moms)
     assert moms[160] == pytest.approx(0.9) and moms[200] == pytest.approx(0.9)
     assert moms[40] == pytest.approx(0.85) and moms[120] == pytest.approx(0.85)
     adam = cfg_of("--optimizer=adamw", "--schedule=onecycle", "--beta1=0.95", "--momentum_min=0.85")  # adamw cycles beta1
-    assert train.get_momentum(0.0, adam) == pytest.approx(0.95)
-    assert train.get_momentum(adam.cycle_rise, adam) == pytest.approx(0.85)
-    assert train.get_momentum(0.5, cfg_of("--optimizer=adamw", "--schedule=cosine", "--beta1=0.93")) == 0.93  # constant elsewhere
+    assert optim.get_momentum(0.0, adam) == pytest.approx(0.95)
+    assert optim.get_momentum(adam.cycle_rise, adam) == pytest.approx(0.85)
+    assert optim.get_momentum(0.5, cfg_of("--optimizer=adamw", "--schedule=cosine", "--beta1=0.93")) == 0.93  # constant elsewhere
 
 
 def test_invsqrt_step_and_constant_schedules():
@@ -74,7 +80,7 @@ def test_invsqrt_step_and_constant_schedules():
     # the Transformer's formula, d_model^-0.5 * min(s^-0.5, s * w^-1.5), is this with lr = (d_model * w)^-0.5
     vaswani = cfg_of("--schedule=invsqrt", f"--lr={(512 * 4000) ** -0.5}", "--warmup_iters=4000")
     for s in (1, 1000, 4000, 9000):
-        assert train.get_lr(s - 1, 0, vaswani) == pytest.approx(512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5))
+        assert optim.get_lr(s - 1, 0, vaswani) == pytest.approx(512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5))
 
     cfg = cfg_of("--schedule=step", "--lr=1e-2", "--warmup_iters=0", "--step_every=0.25", "--step_gamma=0.5",
                  "--max_iters=100")
@@ -90,10 +96,10 @@ def test_invsqrt_step_and_constant_schedules():
 def test_schedules_end_with_the_time_budget():
     """Under a budget the schedule runs on elapsed time: half the budget is half the cosine, whatever the step."""
     cfg = cfg_of("--schedule=cosine", "--lr=1e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=0", "--time_budget=10")
-    assert train.get_lr(7, train.progress_of(7, 300.0, cfg), cfg) == pytest.approx(5e-4)
-    assert train.get_lr(9, train.progress_of(9, 600.0, cfg), cfg) == pytest.approx(0.0)
+    assert optim.get_lr(7, optim.progress_of(7, 300.0, cfg), cfg) == pytest.approx(5e-4)
+    assert optim.get_lr(9, optim.progress_of(9, 600.0, cfg), cfg) == pytest.approx(0.0)
     one = cfg_of("--schedule=onecycle", "--max_iters=0", "--time_budget=10", "--cycle_rise=0.5")
-    assert train.get_lr(3, train.progress_of(3, 300.0, one), one) == pytest.approx(one.lr)
+    assert optim.get_lr(3, optim.progress_of(3, 300.0, one), one) == pytest.approx(one.lr)
 
 
 def test_bad_engine_settings_are_user_errors(monkeypatch):
@@ -107,10 +113,10 @@ def test_bad_engine_settings_are_user_errors(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # checked before any process group is set up
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match=r"grad_accum=3 must be a multiple of the number of processes \(2\)"):
-        train.setup_distributed(cfg_of("--grad_accum=3"))
+        train.micro_steps(cfg_of("--grad_accum=3"), common.Env(0, 2, "cpu", "float32"))
     with pytest.raises(UserError, match=r"grad_accum=6 must be a multiple of the number of processes \(4\)"):
         monkeypatch.setenv("WORLD_SIZE", "4")
-        train.setup_distributed(cfg_of("--grad_accum=6"))
+        train.micro_steps(cfg_of("--grad_accum=6"), common.Env(0, 4, "cpu", "float32"))
 
 
 def test_every_shipped_config_loads():
@@ -125,7 +131,7 @@ def test_every_shipped_config_loads():
 def test_plwiki_gpt_config_has_seed_001s_parameter_count():
     cfg = load_config(train.TrainConfig(), [str(REPO / "config/plwiki_gpt.py")])
     with torch.device("meta"):  # no memory, no init time
-        model = train.build_model(cfg.model, train.model_args(cfg, 32000))
+        model = build_model(cfg.model, checkpoint.model_args(cfg, 32000))
     # the seed reports 134,367,744 with its 32k vocabulary; ours has 12 x 3072 more (attention biases)
     assert model.num_params() == 134_367_744 + 12 * 4 * 768
 
@@ -159,12 +165,12 @@ def events(out, kind):
 def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tmp_path, monkeypatch, capsys):
     now = [1000.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: now[0]))  # moves when a batch is drawn
-    draw = train.Batches.next
+    draw = dataloader.Batches.next
 
     def one_second_per_batch(self):
         now[0] += 1.0
         return draw(self)
-    monkeypatch.setattr(train.Batches, "next", one_second_per_batch)
+    monkeypatch.setattr(dataloader.Batches, "next", one_second_per_batch)
     out = tmp_path / "run"
     results = run_train(corpus, out, "--max_iters=100000", "--time_budget=0.5", "--eval_interval=10",
                         "--min_lr=0", "--warmup_iters=0")
@@ -172,7 +178,7 @@ def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tm
     train_events = events(out, "train")
     assert train_events[-1]["step"] == 30 and train_events[-1]["elapsed_s"] == pytest.approx(30.0)
     cfg = cfg_of("--lr=3e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=100000", "--time_budget=0.5")
-    assert [e["lr"] for e in train_events] == pytest.approx([train.get_lr(i, i / 30, cfg) for i in range(30)])
+    assert [e["lr"] for e in train_events] == pytest.approx([optim.get_lr(i, i / 30, cfg) for i in range(30)])
     assert [e["step"] for e in events(out, "eval")] == [0, 10, 20, 30]
     log = capsys.readouterr().out
     assert "step 15 |" in log and "elapsed 0:15 | left 0:15" in log
@@ -180,7 +186,7 @@ def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tm
 
 def test_onecycle_momentum_cycles_in_the_optimizer(corpus, tmp_path, monkeypatch):
     seen = []
-    apply = train.set_schedule
+    apply = optim.set_schedule
 
     def recorded(optimizers, lr, progress, cfg):
         apply(optimizers, lr, progress, cfg)
@@ -258,8 +264,8 @@ def test_char_vocabularies_must_match_exactly(corpus, tmp_path):
     meta = json.loads((corpus / "data" / "code" / "meta.json").read_text())
     ckpt = {"meta": {**meta, "vocab": meta["vocab"][::-1]}}
     with pytest.raises(UserError, match="listing different tokens"):
-        train.check_same_tokenizer(ckpt, meta, "data/code")
-    train.check_same_tokenizer({"meta": meta}, meta, "data/code")
+        checkpoint.check_same_tokenizer(ckpt, meta, "data/code")
+    checkpoint.check_same_tokenizer({"meta": meta}, meta, "data/code")
 
 
 def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, monkeypatch):
@@ -268,7 +274,7 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
     out = tmp_path / "run"
     run_train(corpus, out, "--max_iters=2", "--eval_interval=2", "--compile=True")
     keys = set(torch.load(out / "ckpt.pt", weights_only=True)["model"])
-    fresh = train.build_model("gpt", train.model_args(cfg_of(*TINY), 94))
+    fresh = build_model("gpt", checkpoint.model_args(cfg_of(*TINY), 94))
     assert keys == set(fresh.state_dict()) and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
 
 
@@ -325,7 +331,7 @@ def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
     """Rank 0 alone takes the run lock, before the processes connect: held by another run, rank 0's one line
     ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""
     out = tmp_path / "ddp"
-    with train.RunLock(out):
+    with checkpoint.RunLock(out):
         err = torchrun(2, run_args(corpus, out, "--max_iters=4"), ok=False)
         assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
         assert [p.name for p in out.iterdir()] == ["run.lock"]
@@ -335,11 +341,13 @@ def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
 
 def test_bench_times_every_setting_on_one_model():
     import bench
-    cfg = train.TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, pos_emb="learned")
+    cfg = model_lib.GPTConfig(**model_lib.RECIPE_ARCH, vocab_size=32, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    cfg.pos_emb = "learned"
     settings = [("plain", "float32", False, False), ("bf16", "bfloat16", False, True)]
-    rows = bench.bench_model("tiny", cfg, 2, 16, 32, "cpu", settings, 2, {"float32": 1e9, "bfloat16": 2e9})
+    rows = bench.bench_model("tiny", cfg, optim.OptimConfig(), 2, 16, "cpu", settings, 2,
+                             {"float32": 1e9, "bfloat16": 2e9})
     assert [r["setting"] for r in rows] == ["plain", "bf16"] and rows[0]["vs_plain"] == 1.0
-    model = train.build_model("gpt", train.model_args(cfg, 32))
+    model = model_lib.GPT(cfg)
     fpt = 6 * (model.num_params() - 16 * 16) + 12 * 1 * 16 * 16  # no FLOPs for the position lookup
     assert bench.flops_per_token(model, cfg, 16) == fpt
     for r, peak in zip(rows, (1e9, 2e9)):

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import configurator
+import evaluate
 import prepare
 import sample
 import train
@@ -94,7 +96,7 @@ class CreatesAFile:
 
 def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
     pwned = tmp_path / "pwned"
-    ckpt = train.load_checkpoint(run / "ckpt.pt")
+    ckpt = checkpoint.load_checkpoint(run / "ckpt.pt")
     torch.save({**ckpt, "meta": {**ckpt["meta"], "note": CreatesAFile(pwned)}}, run / "ckpt.pt")
     before = snapshot(run)
     for argv in (["sample.py", f"--out_dir={run}"], ["train.py", *flags(data, tmp_path / "ft", f"--init_from={run}")]):
@@ -218,7 +220,7 @@ def test_block_size_longer_than_a_split(dataset, tmp_path, capsys, monkeypatch):
     meta["splits"]["train"]["tokens"] = 20
     (folder / "meta.json").write_text(json.dumps(meta))
     err = cli_error(train.main, flags(data_dir, tmp_path / "c", "--block_size=32"), capsys, monkeypatch)
-    assert "block_size=32 is too long for a split of 20 tokens" in err
+    assert "block_size=32 is too long for the train split of 20 tokens" in err
 
 
 # ----------------------------------------------------------------------------- runs and checkpoints
@@ -232,7 +234,7 @@ def test_a_new_run_never_overwrites_an_old_one(run, data, capsys, monkeypatch):
 
 def test_a_locked_out_dir_is_refused_and_the_lock_is_released_on_errors(run, data, tmp_path, capsys, monkeypatch):
     before = snapshot(run)
-    with train.RunLock(run):  # another run training there (this process, for the test)
+    with checkpoint.RunLock(run):  # another run training there (this process, for the test)
         held = json.loads((run / "run.lock").read_text())
         for extra in (["--init_from=resume"], []):
             err = cli_error(train.main, flags(data, run, *extra), capsys, monkeypatch)
@@ -266,7 +268,7 @@ def test_resume_mismatches(run, data, dataset, tmp_path, capsys, monkeypatch):
     assert snapshot(run) == before
     # no checkpoint at all
     err = cli_error(train.main, flags(data, tmp_path / "empty", "--init_from=resume"), capsys, monkeypatch)
-    assert "no checkpoint at" in err and "train one first" in err
+    assert "nothing to resume in" in err and "(no last.pt or ckpt.pt)" in err
 
 
 def test_damaged_checkpoints(run, data, capsys, monkeypatch):
@@ -277,7 +279,7 @@ def test_damaged_checkpoints(run, data, capsys, monkeypatch):
     (run / "empty.pt").write_bytes(b"")
     before = snapshot(run)
     argv = [f"--data_dir={data}", "--dataset=code", f"--out_dir={run}", "--init_from=resume"]  # shape: the file's
-    assert "checkpoint do not fit its own gpt architecture" in cli_error(train.main, argv, capsys, monkeypatch)
+    assert "the checkpoint's weights do not fit its gpt architecture" in cli_error(train.main, argv, capsys, monkeypatch)
     err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=last.pt"], capsys, monkeypatch)
     assert "the checkpoint's weights do not fit its gpt architecture" in err
     err = cli_error(sample.main, [f"--out_dir={run}", "--ckpt=other.pt"], capsys, monkeypatch)
@@ -300,7 +302,7 @@ def test_out_dir_not_writable(data, tmp_path, capsys, monkeypatch):
     assert "cannot write" in err and "metrics.jsonl" in err and "are untouched" in err
 
 
-def test_disk_full_writing_the_results_keeps_the_run_and_resume_finishes_it(data, tmp_path, capsys, monkeypatch):
+def test_disk_full_writing_the_results_keeps_the_run_and_evaluate_finishes_it(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
 
     def full_disk(out_dir):
@@ -308,11 +310,12 @@ def test_disk_full_writing_the_results_keeps_the_run_and_resume_finishes_it(data
     monkeypatch.setattr(train, "plot_curves", full_disk)
     err = cli_error(train.main, flags(data, out, "--max_iters=6", "--eval_interval=3"), capsys, monkeypatch)
     assert "could not write the results" in err and "No space left on device" in err
-    assert "--init_from=resume to evaluate" in err
-    assert train.load_checkpoint(out / "last.pt")["iter"] == 6
+    assert f"run python evaluate.py --out_dir={out}" in err
+    assert checkpoint.load_checkpoint(out / "last.pt")["iter"] == 6
     monkeypatch.undo()
-    assert run_train(data, out, "--max_iters=6", "--eval_interval=3", "--init_from=resume")["iters"] == 6
-    assert (out / "results.json").is_file() and (out / "learning_curves.png").is_file()
+    assert evaluate.main([f"--out_dir={out}", f"--data_dir={data}"]) is None
+    assert json.loads((out / "results.json").read_text())["iters"] == 6
+    assert (out / "learning_curves.png").is_file()
 
 
 def test_sample_mistakes(run, tmp_path, capsys, monkeypatch):

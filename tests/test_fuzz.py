@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import tokenizer
 import prepare
 import train
 from configurator import UserError, load_config
@@ -107,7 +108,7 @@ TEXT = st.text(st.sampled_from(" \n\t\r.'sx0\u00e9\u65e5\U0001F600") | st.charac
 @FUZZ
 @given(st.text(ANY_CHAR, max_size=200), st.text(ANY_CHAR, max_size=20))
 def test_char_tokenizer_round_trips_and_names_unknown_characters(text, other):
-    tok = prepare.Tokenizer.build("char", [text])
+    tok = tokenizer.Tokenizer.build("char", [text])
     ids = tok.encode(text)
     assert tok.decode(ids) == text and all(0 <= i < tok.vocab_size for i in ids)
     assert tok.vocab_size == len(set(text))
@@ -122,7 +123,7 @@ def test_char_tokenizer_round_trips_and_names_unknown_characters(text, other):
 @FUZZ
 @given(TEXT)
 def test_byte_tokenizer_round_trips(text):
-    tok = prepare.Tokenizer("byte")
+    tok = tokenizer.Tokenizer("byte")
     ids = tok.encode(text)
     assert tok.decode(ids) == text and len(ids) == len(text.encode("utf-8")) and max(ids, default=0) < 256
 
@@ -131,16 +132,16 @@ def test_byte_tokenizer_round_trips(text):
 @given(TEXT)
 def test_word_tokenizer_round_trips_up_to_whitespace(text):
     assume("<eos>" not in text.split())
-    tok = prepare.Tokenizer.build("word", [text])
+    tok = tokenizer.Tokenizer.build("word", [text])
     assert tok.decode(tok.encode(text)) == "\n".join(" ".join(line.split()) for line in text.split("\n"))
 
 
 @FEW
 @given(TEXT, st.integers(1, 20))
 def test_gpt2_round_trips_and_its_pieces_match_the_whole(gpt2_offline, text, size):
-    tok = prepare.Tokenizer("gpt2")
+    tok = tokenizer.Tokenizer("gpt2")
     ids = tok.encode(text)
     assert tok.decode(ids) == text
-    pieces = list(prepare._bpe_pieces(text, size))
+    pieces = list(tokenizer._bpe_pieces(text, size))
     assert "".join(pieces) == text
     assert [i for p in pieces for i in tok._enc.encode_ordinary(p)] == tok._enc.encode_ordinary(text) == ids

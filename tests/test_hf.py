@@ -16,6 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a guard: nothing here may reach 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import checkpoint
+import dataloader
+import tokenizer
 import export  # noqa: E402
 import hf  # noqa: E402
 import prepare  # noqa: E402
@@ -76,7 +79,7 @@ def test_import_gives_transformers_logits_and_greedy_tokens(tmp_path, tie, act):
     ckpt = hf.load_pretrained(f"hf:{tmp_path}")
     assert ckpt["model_args"]["activation"] == ("gelu" if act == "gelu" else "gelu_tanh")
     assert ckpt["model_args"]["tie_weights"] == tie and ckpt["model_args"]["mlp_ratio"] == 1.5
-    ours = train.model_from_checkpoint(ckpt).eval()
+    ours = checkpoint.model_from_checkpoint(ckpt).eval()
     assert (ours.lm_head.weight is ours.wte.weight) == tie
     idx = torch.randint(TINY_GPT2["vocab_size"], (3, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -107,7 +110,7 @@ def test_import_reads_openai_s_layout_and_sharded_weights(tmp_path):
     with torch.no_grad():
         want = theirs(idx).logits
         for d in (openai, tmp_path / "sharded"):
-            got = train.model_from_checkpoint(hf.load_pretrained(f"hf:{d}")).eval()(idx)[0]
+            got = checkpoint.model_from_checkpoint(hf.load_pretrained(f"hf:{d}")).eval()(idx)[0]
             assert (got - want).abs().max().item() < ATOL, d
 
 
@@ -125,7 +128,7 @@ def test_hub_names_come_from_the_huggingface_cache(gpt2_dir, gpt2_offline, tmp_p
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=env(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1"))
     assert r.returncode == 0, r.stderr
-    tok = prepare.Tokenizer("gpt2")
+    tok = tokenizer.Tokenizer("gpt2")
     ids = torch.tensor([tok.encode("The cat")])
     model = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
@@ -148,14 +151,14 @@ def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monke
     printed = capsys.readouterr().out
     assert "gpt2: context cropped to block_size=32 of its 64 positions" in printed
     assert "fine-tuning keeps the checkpoint's shape: n_layer=2" in printed
-    ckpt = train.load_checkpoint(out / "last.pt")
+    ckpt = checkpoint.load_checkpoint(out / "last.pt")
     imported = hf.load_pretrained(f"hf:{gpt2_dir}", block_size=32)["model_args"]
     assert GPTConfig(**ckpt["model_args"]) == GPTConfig(**imported)  # (the run lists every option's value)
     assert ckpt["model"]["wpe.weight"].shape == (32, 32) and ckpt["meta"]["tokenizer"] == "gpt2"
     # it started from GPT-2's weights: the first eval is transformers' loss on the same windows
-    val = prepare.open_split(gpt2_data / "code", "val")
-    starts = train.fixed_starts(len(val), 32, 4, 1337 + train.EVAL_SEED_OFFSET)  # eval_iters=1 x batch_size=4
-    x, y = train.windows(val, starts, 32)
+    val = dataloader.open_split(gpt2_data / "code", "val")
+    starts = dataloader.fixed_starts(len(val), 32, 4, 1337 + train.EVAL_SEED_OFFSET)  # eval_iters=1 x batch_size=4
+    x, y = dataloader.windows(val, starts, 32)
     theirs = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     with torch.no_grad():
         start_loss = torch.nn.functional.cross_entropy(theirs(x).logits.flatten(0, 1), y.flatten()).item()
@@ -180,7 +183,7 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
     export.main(sys.argv[1:])
     assert f"wrote {to}: config.json, merges.txt, model.safetensors, tokenizer_config.json, vocab.json" in \
         capsys.readouterr().out
-    ours = train.model_from_checkpoint(train.load_checkpoint(run / "ckpt.pt")).eval()
+    ours = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(run / "ckpt.pt")).eval()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(to).eval()
     assert isinstance(theirs, transformers.GPT2LMHeadModel)
     assert (theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()) == (not options)
@@ -189,8 +192,8 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
         diff = (ours(idx)[0] - theirs(idx).logits).abs().max().item()
     assert diff < ATOL, diff
     text = code_text()[:3000]
-    assert transformers.AutoTokenizer.from_pretrained(to).encode(text) == prepare.Tokenizer("gpt2").encode(text)
-    again = train.model_from_checkpoint(hf.load_pretrained(f"hf:{to}", dropout=ours.cfg.dropout)).eval()  # back in
+    assert transformers.AutoTokenizer.from_pretrained(to).encode(text) == tokenizer.Tokenizer("gpt2").encode(text)
+    again = checkpoint.model_from_checkpoint(hf.load_pretrained(f"hf:{to}", dropout=ours.cfg.dropout)).eval()  # back in
     # bias=False came back as zero biases; zero_init only set the starting weights, which the file does not record
     assert dataclasses.replace(again.cfg, bias=ours.cfg.bias, zero_init=ours.cfg.zero_init) == ours.cfg
     with torch.no_grad():
@@ -206,7 +209,7 @@ def test_a_byte_level_run_exports_without_tokenizer_files(tmp_path, capsys):
     assert f"wrote {tmp_path / 'run' / 'hf'}: config.json, model.safetensors\n" in out
     assert "no tokenizer files: the token ids are the text's UTF-8 bytes" in out
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf").eval()
-    ours = train.model_from_checkpoint(train.load_checkpoint(tmp_path / "run" / "ckpt.pt")).eval()
+    ours = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(tmp_path / "run" / "ckpt.pt")).eval()
     idx = torch.tensor([list("def f(x):".encode())])
     with torch.no_grad():
         assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() < ATOL

@@ -15,6 +15,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dataloader
+import tokenizer
 import prepare
 from configurator import UserError
 
@@ -27,15 +29,15 @@ def run(*argv):
 
 
 def split_text(data_dir, split):
-    meta = prepare.load_meta(data_dir)
-    return prepare.Tokenizer.from_meta(meta).decode(prepare.open_split(data_dir, split))
+    meta = dataloader.load_meta(data_dir)
+    return tokenizer.Tokenizer.from_meta(meta).decode(dataloader.open_split(data_dir, split))
 
 
 # ----------------------------------------------------------------------------- tokenizers
 
 @pytest.mark.parametrize("kind", ["char", "byte"])
 def test_round_trip_char_byte(kind):
-    tok = prepare.Tokenizer.build(kind, [SAMPLE])
+    tok = tokenizer.Tokenizer.build(kind, [SAMPLE])
     ids = tok.encode(SAMPLE)
     assert isinstance(ids, list) and all(0 <= i < tok.vocab_size for i in ids)
     assert len(ids) == (len(SAMPLE) if kind == "char" else len(SAMPLE.encode()))
@@ -43,7 +45,7 @@ def test_round_trip_char_byte(kind):
 
 
 def test_round_trip_gpt2(gpt2_offline):
-    tok = prepare.Tokenizer("gpt2")
+    tok = tokenizer.Tokenizer("gpt2")
     assert tok.encode("hello world") == [31373, 995]
     assert tok.vocab_size == 50257 and tok.eot_token == 50256
     assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
@@ -51,40 +53,40 @@ def test_round_trip_gpt2(gpt2_offline):
 
 def test_gpt2_pieces_give_the_tokens_of_the_whole_text(gpt2_offline, monkeypatch):
     text = Path(prepare.__file__).read_text() * 3  # code: blank lines, indentation, trailing spaces
-    whole = prepare._load_gpt2().encode_ordinary(text)
-    monkeypatch.setattr(prepare, "GPT2_CHUNK_CHARS", 500)
-    assert len(list(prepare._bpe_pieces(text))) > 50
-    assert prepare.Tokenizer("gpt2").encode(text) == whole
+    whole = tokenizer._load_gpt2().encode_ordinary(text)
+    monkeypatch.setattr(tokenizer, "GPT2_CHUNK_CHARS", 500)
+    assert len(list(tokenizer._bpe_pieces(text))) > 50
+    assert tokenizer.Tokenizer("gpt2").encode(text) == whole
 
 
 def test_word_tokenizer_follows_word_language_model():
-    tok = prepare.Tokenizer.build("word", [" a b \n\n b c\n"])
+    tok = tokenizer.Tokenizer.build("word", [" a b \n\n b c\n"])
     assert tok.vocab == ["a", "b", "<eos>", "c"]  # first appearance, <eos> after the first line
     assert tok.encode(" a b \n\n b c\n") == [0, 1, 2, 2, 1, 3, 2]
     assert tok.decode([0, 1, 2, 2, 1, 3, 2]) == "a b\n\nb c\n"
     with pytest.raises(UserError, match="'zzz' is not in"):
         tok.encode("a zzz")
-    assert prepare.Tokenizer.build("word", ["x <unk>\n"]).encode("x y") == [0, 1]  # unknown words -> <unk>
+    assert tokenizer.Tokenizer.build("word", ["x <unk>\n"]).encode("x y") == [0, 1]  # unknown words -> <unk>
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_char_round_trip_any_unicode(text):
-    tok = prepare.Tokenizer.build("char", [text])
+    tok = tokenizer.Tokenizer.build("char", [text])
     assert tok.vocab_size == len(set(text))
     assert tok.decode(tok.encode(text)) == text
-    assert prepare.Tokenizer.from_meta(json.loads(json.dumps(tok.to_meta()))).encode(text) == tok.encode(text)
+    assert tokenizer.Tokenizer.from_meta(json.loads(json.dumps(tok.to_meta()))).encode(text) == tok.encode(text)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.text())
 def test_byte_round_trip_any_unicode(text):
-    tok = prepare.Tokenizer("byte")
+    tok = tokenizer.Tokenizer("byte")
     assert tok.decode(tok.encode(text)) == text
 
 
 def test_char_outside_vocab_is_a_user_error():
-    tok = prepare.Tokenizer.build("char", ["abc"])
+    tok = tokenizer.Tokenizer.build("char", ["abc"])
     with pytest.raises(UserError, match=r"'é' \(U\+00E9\) is not in"):
         tok.encode("abé")
     with pytest.raises(UserError, match=r"'\\n' \(U\+000A\)"):
@@ -93,12 +95,12 @@ def test_char_outside_vocab_is_a_user_error():
 
 def test_unknown_tokenizer_and_missing_hf():
     with pytest.raises(UserError, match="char, byte, gpt2, word or hf:NAME"):
-        prepare.Tokenizer("sentencepiece")
+        tokenizer.Tokenizer("sentencepiece")
     try:
         import transformers  # noqa: F401
     except ImportError:
         with pytest.raises(UserError, match="pip install transformers"):
-            prepare.Tokenizer("hf:gpt2")
+            tokenizer.Tokenizer("hf:gpt2")
 
 
 # ----------------------------------------------------------------------------- pycode, text, writer
@@ -106,7 +108,7 @@ def test_unknown_tokenizer_and_missing_hf():
 def test_pycode(tmp_path):
     run("pycode", f"--data_dir={tmp_path}")
     data = tmp_path / "pycode"
-    meta = prepare.load_meta(data)
+    meta = dataloader.load_meta(data)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
     files = sorted(p.relative_to(stdlib).as_posix() for p in stdlib.rglob("*.py")
@@ -114,9 +116,9 @@ def test_pycode(tmp_path):
     assert meta["source"]["python_version"] == platform.python_version()
     assert meta["source"]["files"] == len(files) > 100
     assert meta["tokenizer"] == "char" and meta["vocab_size"] == len(meta["vocab"]) and meta["eot_token"] is None
-    texts = {s: split_text(data, s) for s in prepare.SPLITS}
+    texts = {s: split_text(data, s) for s in dataloader.SPLITS}
     for s, text in texts.items():
-        ids = prepare.open_split(data, s, check_ids=True)
+        ids = dataloader.open_split(data, s, check_ids=True)
         assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
         assert (data / f"{s}.bin").stat().st_size == 2 * meta["splits"][s]["tokens"] == 2 * len(text)
         assert meta["splits"][s]["bytes"] == len(text.encode())
@@ -136,14 +138,14 @@ def test_text_dataset(tmp_path, gpt2_offline):
     path.write_text("".join(lines), encoding="utf-8")
     run("text", f"--input={path}", f"--data_dir={tmp_path}")
     data = tmp_path / "story"  # named after the input file
-    texts = [split_text(data, s) for s in prepare.SPLITS]
+    texts = [split_text(data, s) for s in dataloader.SPLITS]
     assert "".join(texts) == path.read_text(encoding="utf-8")
     assert all(t.endswith("\n") for t in texts)  # cut at line ends
     assert 0.88 < len(texts[0]) / sum(map(len, texts)) < 0.92
     run("text", f"--input={path}", f"--data_dir={tmp_path}", "--tokenizer=gpt2", "--name=story_bpe")
-    meta = prepare.load_meta(tmp_path / "story_bpe")
+    meta = dataloader.load_meta(tmp_path / "story_bpe")
     assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and "vocab" not in meta
-    assert "".join(split_text(tmp_path / "story_bpe", s) for s in prepare.SPLITS) == path.read_text(encoding="utf-8")
+    assert "".join(split_text(tmp_path / "story_bpe", s) for s in dataloader.SPLITS) == path.read_text(encoding="utf-8")
 
 
 def test_text_errors(tmp_path):
@@ -186,29 +188,29 @@ def test_cli_prints_one_line_error():
 
 def test_open_split_validation(tmp_path):
     with pytest.raises(UserError, match=r"dataset not prepared: run `python prepare.py pycode`"):
-        prepare.load_meta(tmp_path / "pycode")
+        dataloader.load_meta(tmp_path / "pycode")
     with pytest.raises(UserError, match=r"python prepare.py text --input=FILE --name=mine"):
-        prepare.open_split(tmp_path / "mine", "train")
+        dataloader.open_split(tmp_path / "mine", "train")
     path = tmp_path / "t.txt"
     path.write_text("hello there\n" * 300, encoding="utf-8")
     run("text", f"--input={path}", f"--data_dir={tmp_path}")
     data = tmp_path / "t"
     with pytest.raises(UserError, match="unknown split 'valid'"):
-        prepare.open_split(data, "valid")
+        dataloader.open_split(data, "valid")
     good = (data / "val.bin").read_bytes()
     (data / "val.bin").write_bytes(good + b"\0")
     with pytest.raises(UserError, match=f"odd size.*run `python prepare.py text .*--input={path}` again"):
-        prepare.open_split(data, "val")
+        dataloader.open_split(data, "val")
     (data / "val.bin").write_bytes(good[:-2])
     with pytest.raises(UserError, match="meta.json says"):
-        prepare.open_split(data, "val")
+        dataloader.open_split(data, "val")
     (data / "val.bin").write_bytes(good[:-2] + np.uint16(999).tobytes())
-    assert prepare.open_split(data, "val")[-1] == 999
+    assert dataloader.open_split(data, "val")[-1] == 999
     with pytest.raises(UserError, match="token id 999 >= vocab_size"):
-        prepare.open_split(data, "val", check_ids=True)
+        dataloader.open_split(data, "val", check_ids=True)
     (data / "val.bin").unlink()
     with pytest.raises(UserError, match="val.bin is missing"):
-        prepare.open_split(data, "val")
+        dataloader.open_split(data, "val")
 
 
 # ----------------------------------------------------------------------------- enwik8
@@ -227,18 +229,18 @@ def test_enwik8_zip_byte_and_char(tmp_path):
         z.writestr("enwik8", data)
     run("enwik8", f"--source={zpath}", f"--data_dir={tmp_path}", "--n_val=3000", "--n_test=2000")
     out = tmp_path / "enwik8"
-    meta = prepare.load_meta(out)
+    meta = dataloader.load_meta(out)
     parts = {"train": data[:35_000], "val": data[35_000:38_000], "test": data[38_000:]}
     assert meta["tokenizer"] == "byte" and meta["vocab_size"] == 256 and meta["eot_token"] is None
     for s, raw in parts.items():
-        assert prepare.open_split(out, s).tobytes()[::2] == raw  # one little-endian uint16 per byte
+        assert dataloader.open_split(out, s).tobytes()[::2] == raw  # one little-endian uint16 per byte
         assert meta["splits"][s] == {"tokens": len(raw), "bytes": len(raw)}
     assert split_text(out, "train") == parts["train"].decode("utf-8", errors="replace")
 
     run("enwik8", f"--source={zpath}", f"--data_dir={tmp_path}", "--n_val=3000", "--n_test=2000",
         "--tokenizer=char", "--name=enwik8_char")
     out = tmp_path / "enwik8_char"
-    meta = prepare.load_meta(out)
+    meta = dataloader.load_meta(out)
     decoded = {s: raw.decode("utf-8", errors="replace") for s, raw in parts.items()}
     assert meta["vocab"] == sorted(set("".join(decoded.values())))
     for s in parts:
@@ -252,7 +254,7 @@ def test_enwik8_unzipped_source_and_errors(tmp_path):
     src.parent.mkdir()
     src.write_bytes(data)
     run("enwik8", f"--source={src}", f"--data_dir={tmp_path}", "--n_val=100", "--n_test=100")
-    assert prepare.open_split(tmp_path / "enwik8", "test").tobytes()[::2] == data[-100:]
+    assert dataloader.open_split(tmp_path / "enwik8", "test").tobytes()[::2] == data[-100:]
     with pytest.raises(UserError, match="not more than n_val"):
         run("enwik8", f"--source={src}", f"--data_dir={tmp_path}")
     with pytest.raises(UserError, match="does not exist"):
@@ -278,7 +280,7 @@ def test_wikitext_shaped_word_and_char(tmp_path):
     src = wiki_zip(tmp_path / "wikitext-2-v1.zip")
     run("wikitext2", f"--source={src}", f"--data_dir={tmp_path}", "--tokenizer=word")
     out = tmp_path / "wikitext2"
-    meta = prepare.load_meta(out)
+    meta = dataloader.load_meta(out)
     words = [w for text in WIKI.values() for line in text.split("\n")[:-1] for w in line.split() + ["<eos>"]]
     assert meta["vocab"] == list(dict.fromkeys(words)) and meta["vocab"][0] == "<eos>"
     assert meta["eot_token"] == 0
@@ -286,7 +288,7 @@ def test_wikitext_shaped_word_and_char(tmp_path):
         assert meta["splits"][s]["tokens"] == len(text.split()) + text.count("\n")
         assert split_text(out, s) == "\n".join(" ".join(line.split()) for line in text.split("\n"))
     run("wikitext2", f"--source={src}", f"--data_dir={tmp_path}", "--tokenizer=char", "--name=wt_char")
-    assert "".join(split_text(tmp_path / "wt_char", s) for s in prepare.SPLITS) == "".join(WIKI.values())
+    assert "".join(split_text(tmp_path / "wt_char", s) for s in dataloader.SPLITS) == "".join(WIKI.values())
 
 
 def test_wikitext_shaped_gpt2_articles(tmp_path, gpt2_offline):
@@ -296,10 +298,10 @@ def test_wikitext_shaped_gpt2_articles(tmp_path, gpt2_offline):
         (src / name).write_text(text, encoding="utf-8")
     run("wikitext2", f"--source={src}", f"--data_dir={tmp_path}")
     out = tmp_path / "wikitext2"
-    meta = prepare.load_meta(out)
+    meta = dataloader.load_meta(out)
     assert meta["source"]["articles"] == {"train": 2, "val": 1, "test": 2}
     for s, text in WIKI.items():
-        ids = prepare.open_split(out, s)
+        ids = dataloader.open_split(out, s)
         assert int((ids == 50256).sum()) == meta["source"]["articles"][s] and ids[-1] == 50256
         assert split_text(out, s).replace("<|endoftext|>", "") == text
     assert "<|endoftext|> \n = Beta = " in split_text(out, "train")  # "= = Early life = =" starts none
@@ -320,13 +322,13 @@ def test_real_wikitext2_word_counts(tmp_path, shared_dir):
     (src / "valid.txt").write_text(valid, encoding="utf-8")
     (src / "test.txt").write_text(test, encoding="utf-8")
     run("wikitext2", f"--source={src}", f"--data_dir={tmp_path}", "--tokenizer=word")
-    meta = prepare.load_meta(tmp_path / "wikitext2")
+    meta = dataloader.load_meta(tmp_path / "wikitext2")
     assert meta["splits"]["val"]["tokens"] == 217_646
     assert meta["splits"]["test"]["tokens"] == 245_569
     assert meta["splits"]["train"]["tokens"] == 217_646 + 245_569
     assert meta["source"]["sha256"]["val"] == prepare.DOWNLOADS["wikitext2-v1"][1]["valid.txt"]
     assert meta["source"]["sha256"]["test"] == prepare.DOWNLOADS["wikitext2-v1"][1]["test.txt"]
-    val = prepare.open_split(tmp_path / "wikitext2", "val")
+    val = dataloader.open_split(tmp_path / "wikitext2", "val")
     vocab = meta["vocab"]
     assert len({vocab[i] for i in np.unique(val)}) == 13_777  # distinct tokens incl. <eos>, shared README
     assert int((val == vocab.index("<unk>")).sum()) == 11_718
@@ -352,20 +354,20 @@ def test_plwiki_quality_count_split(tmp_path):
     src = plwiki_fixture(tmp_path, n=1200)
     argv = ["plwiki", f"--source={src}", f"--data_dir={tmp_path}", "--n_docs=300", "--tokenizer=byte"]
     run(*argv, "--name=a")
-    meta = prepare.load_meta(tmp_path / "a")
+    meta = dataloader.load_meta(tmp_path / "a")
     assert meta["source"]["docs_seen"] == 898  # stopped at the 300th HIGH document (line 3 * 299 + 1)
     assert meta["source"]["manifest_documents"] == 1200
     docs = meta["source"]["docs"]
     assert sum(docs.values()) == 300
     assert 210 <= docs["train"] <= 270 and 15 <= docs["val"] <= 45 and 15 <= docs["test"] <= 45
-    texts = {s: split_text(tmp_path / "a", s) for s in prepare.SPLITS}
+    texts = {s: split_text(tmp_path / "a", s) for s in dataloader.SPLITS}
     found = {s: [int(x.split()[0]) for x in t.split("Dokument ")[1:]] for s, t in texts.items()}
     assert sorted(sum(found.values(), [])) == list(range(0, 900, 3))  # exactly the first 300 HIGH docs
     assert all("(HIGH)" in t and "(LOW)" not in t and "(MEDIUM)" not in t for t in texts.values())
     assert {s: len(v) for s, v in found.items()} == docs
     run(*argv, "--name=b")  # deterministic
     run(*argv, "--name=c", "--seed=1", "--quality=low,MEDIUM")
-    for s in prepare.SPLITS:
+    for s in dataloader.SPLITS:
         assert (tmp_path / "a" / f"{s}.bin").read_bytes() == (tmp_path / "b" / f"{s}.bin").read_bytes()
     other = split_text(tmp_path / "c", "train")
     assert "(HIGH)" not in other and "(LOW)" in other and "(MEDIUM)" in other
@@ -375,13 +377,13 @@ def test_plwiki_gpt2_ends_docs_with_eot(tmp_path, gpt2_offline):
     src = plwiki_fixture(tmp_path, n=60)
     run("plwiki", f"--source={src}", f"--data_dir={tmp_path}", "--n_docs=50", "--quality=ANY")
     out = tmp_path / "plwiki"
-    meta = prepare.load_meta(out)
+    meta = dataloader.load_meta(out)
     assert meta["tokenizer"] == "gpt2" and meta["source"]["docs_seen"] == 50
-    for s in prepare.SPLITS:
-        ids = prepare.open_split(out, s)
+    for s in dataloader.SPLITS:
+        ids = dataloader.open_split(out, s)
         assert int((ids == 50256).sum()) == meta["source"]["docs"][s]
     assert "Dokument 0 (HIGH): zażółć \nkoniec 0.<|endoftext|>" in "".join(
-        split_text(out, s) for s in prepare.SPLITS)
+        split_text(out, s) for s in dataloader.SPLITS)
 
 
 def test_plwiki_errors(tmp_path):
@@ -409,7 +411,7 @@ def test_incremental_decoding_matches_decode_and_holds_back_partial_characters(g
     """Streaming decodes each new token once (char, byte, gpt2): the pieces concatenate to decode(ids),
     and the bytes of a character split across tokens wait until it is complete; word has no piecewise form."""
     text = "żółw 🐢 naïve\tdone"
-    for tok in (prepare.Tokenizer("byte"), prepare.Tokenizer("gpt2"), prepare.Tokenizer.build("char", [text])):
+    for tok in (tokenizer.Tokenizer("byte"), tokenizer.Tokenizer("gpt2"), tokenizer.Tokenizer.build("char", [text])):
         ids = tok.encode(text)
         piece = tok.incremental_decoder()
         pieces = [piece(i) for i in ids]
@@ -417,4 +419,4 @@ def test_incremental_decoding_matches_decode_and_holds_back_partial_characters(g
         if tok.kind == "byte":  # the turtle is 4 bytes: nothing shows until its last one
             at = text.encode().index("🐢".encode())
             assert pieces[at:at + 4] == ["", "", "", "🐢"]
-    assert prepare.Tokenizer.build("word", ["a b"]).incremental_decoder() is None
+    assert tokenizer.Tokenizer.build("word", ["a b"]).incremental_decoder() is None

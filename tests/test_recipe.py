@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import optim
 import bench
 import train
 from configurator import UserError, load_config
@@ -82,22 +83,22 @@ def test_bad_model_options_are_user_errors(key, value, message):
 def test_wsd_warms_up_holds_then_decays_to_zero_linear_or_sqrt():
     cfg = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
                  "--time_budget=0")
-    lrs = [train.get_lr(it, train.progress_of(it, 0, cfg), cfg) for it in range(101)]
+    lrs = [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(101)]
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[9] < 1e-3  # warmup
     assert lrs[10:61] == pytest.approx([1e-3] * 51)  # stable until 60% of the run
     assert all(a > b for a, b in zip(lrs[60:], lrs[61:]))  # then decays...
     assert lrs[80] == pytest.approx(5e-4) and lrs[100] == 0.0  # ...linearly, to zero at the end
     sqrt = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
                   "--decay_shape=sqrt")
-    assert train.get_lr(80, 0.8, sqrt) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))  # 1 - sqrt: drops early
-    assert train.get_lr(100, 1.0, sqrt) == 0.0
+    assert optim.get_lr(80, 0.8, sqrt) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))  # 1 - sqrt: drops early
+    assert optim.get_lr(100, 1.0, sqrt) == 0.0
     budget = cfg_of("--schedule=wsd", "--max_iters=1000000", "--time_budget=1", "--warmup_iters=0")
-    assert train.get_lr(50, train.progress_of(50, 60.0, budget), budget) == 0.0  # the budget ends the decay
+    assert optim.get_lr(50, optim.progress_of(50, 60.0, budget), budget) == 0.0  # the budget ends the decay
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
-    muon, adamw = train.make_optimizers(cfg_of("--optimizer=muon", "--muon_lr_scale=2.0", "--lr=1e-3"), model, "cpu")
+    muon, adamw = optim.make_optimizers(cfg_of("--optimizer=muon", "--muon_lr_scale=2.0", "--lr=1e-3"), model, "cpu")
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
@@ -106,7 +107,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert {"wte.weight", "lm_head.weight", "ln_f.weight", "blocks.0.attn.q_norm.weight"} <= in_adamw
     assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(names)
     assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"  # the same lr gives AdamW's update RMS
-    train.set_schedule([muon, adamw], 1e-3, 0.5, cfg_of("--optimizer=muon", "--muon_lr_scale=2.0"))
+    optim.set_schedule([muon, adamw], 1e-3, 0.5, cfg_of("--optimizer=muon", "--muon_lr_scale=2.0"))
     assert muon.param_groups[0]["lr"] == pytest.approx(2e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
@@ -114,18 +115,18 @@ def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
                  "--muon_momentum=0.95", "--beta1=0.9")
     model = GPT(GPTConfig(**TINY_MODEL))
-    muon, adamw = train.make_optimizers(cfg, model, "cpu")
-    train.set_schedule([muon, adamw], 1e-3, 0.4, cfg)  # the LR peak: momentum at its lowest
+    muon, adamw = optim.make_optimizers(cfg, model, "cpu")
+    optim.set_schedule([muon, adamw], 1e-3, 0.4, cfg)  # the LR peak: momentum at its lowest
     assert muon.param_groups[0]["momentum"] == pytest.approx(0.8) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.8)
-    train.set_schedule([muon, adamw], 1e-3, 0.9, cfg)
+    optim.set_schedule([muon, adamw], 1e-3, 0.9, cfg)
     assert muon.param_groups[0]["momentum"] == pytest.approx(0.95) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.9)
 
 
 def test_muon_without_hidden_matrices_is_a_user_error():
     bare = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 0}))  # embeddings and the output layer only
     with pytest.raises(UserError, match="optimizer=muon needs 2-D hidden weight matrices.*--optimizer=adamw"):
-        train.make_optimizers(cfg_of("--optimizer=muon", "--n_layer=0"), bare, "cpu")
-    assert len(train.make_optimizers(cfg_of("--optimizer=adamw"), bare, "cpu")) == 1
+        optim.make_optimizers(cfg_of("--optimizer=muon", "--n_layer=0"), bare, "cpu")
+    assert len(optim.make_optimizers(cfg_of("--optimizer=adamw"), bare, "cpu")) == 1
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -180,7 +181,7 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
 def test_modern_config_is_the_defaults_and_seed_configs_pin_gpt2():
     repo = Path(train.__file__).parent
     layer = load_config(train.TrainConfig(), [str(repo / "config" / "modern.py")])
-    assert layer == train.TrainConfig()  # config/modern.py restates the defaults, nothing else
+    assert layer == load_config(train.TrainConfig(), [])  # config/modern.py restates the defaults, nothing else
     for seed in ("char_enwik8", "wikitext2", "plwiki_gpt"):
         cfg = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py")])
         assert (cfg.pos_emb, cfg.norm, cfg.qk_norm, cfg.activation, cfg.zero_init, cfg.bias) == \

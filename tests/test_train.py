@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
+import dataloader
+import metrics
+import optim
 import sample
 import train
 from configurator import UserError, load_config
-from model import GPT2_ARCH
+from model import build_model, GPT2_ARCH
 from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,41 +28,41 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_lr_schedule_warmup_then_cosine():
     cfg = train.TrainConfig(schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
-    lrs = [train.get_lr(it, train.progress_of(it, 0, cfg), cfg) for it in range(101)]
+    lrs = [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(101)]
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # warmup rises
     assert lrs[0] == pytest.approx(1e-3 / 11)
     assert max(lrs) == lrs[10] == pytest.approx(1e-3)  # the peak is lr, right after warmup
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never rises
     assert lrs[100] == pytest.approx(1e-4)  # ends exactly at min_lr
-    assert train.get_lr(55, 0.55, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way through the decay
+    assert optim.get_lr(55, 0.55, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way through the decay
 
 
 def test_progress_is_the_further_of_iterations_and_time_budget():
     cfg = train.TrainConfig(max_iters=1000, time_budget=2.0)
-    assert train.progress_of(100, 0.0, cfg) == pytest.approx(0.1)
-    assert train.progress_of(100, 60.0, cfg) == pytest.approx(0.5)  # one of two minutes
-    assert train.progress_of(10, 120.0, cfg) >= 1.0
+    assert optim.progress_of(100, 0.0, cfg) == pytest.approx(0.1)
+    assert optim.progress_of(100, 60.0, cfg) == pytest.approx(0.5)  # one of two minutes
+    assert optim.progress_of(10, 120.0, cfg) >= 1.0
 
 
 def test_batches_targets_shift_and_seeded_stream():
     data = np.arange(1000, dtype=np.uint16)
-    a = train.Batches(data, block_size=8, batch_size=4, seed=3)
+    a = dataloader.Batches(data, block_size=8, batch_size=4, seed=3)
     x, y = a.next()
     assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
     assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
-    b = train.Batches(data, block_size=8, batch_size=4, seed=3)
+    b = dataloader.Batches(data, block_size=8, batch_size=4, seed=3)
     assert torch.equal(b.next()[0], x)
     assert not torch.equal(a.next()[0], x)  # the stream moves on
     with pytest.raises(UserError, match="block_size=2000 is too long"):
-        train.Batches(data, block_size=2000, batch_size=4, seed=0)
+        dataloader.Batches(data, block_size=2000, batch_size=4, seed=0)
 
 
 def test_full_split_evaluation_scores_every_token_once():
     torch.manual_seed(0)
     cfg = train.TrainConfig(block_size=8, batch_size=3)
-    model = train.build_model("gpt", dict(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    model = build_model("gpt", dict(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8))
     data = np.random.default_rng(0).integers(0, 20, 43).astype(np.uint16)
-    loss, n = train.evaluate_split(model, data, cfg, "cpu", "float32")
+    loss, n = metrics.evaluate_split(model, data, cfg.batch_size, cfg.block_size, "cpu", "float32")
     assert n == 42
     # the same, by hand: consecutive windows of 8, the last one 2 tokens long
     total = 0.0
@@ -71,7 +75,7 @@ def test_full_split_evaluation_scores_every_token_once():
 
 
 def test_metrics_bits_per_byte():
-    m = train.metrics_for(math.log(2), {"tokens": 100, "bytes": 400})  # 1 bit per token, 4 bytes per token
+    m = metrics.metrics_for(math.log(2), {"tokens": 100, "bytes": 400})  # 1 bit per token, 4 bytes per token
     assert m["bits_per_token"] == pytest.approx(1.0) and m["bpb"] == pytest.approx(0.25)
     assert m["ppl"] == pytest.approx(2.0)
 
@@ -85,14 +89,14 @@ def test_config_validation_messages():
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    train.save_atomic({"a": 1}, str(path))
+    checkpoint.save_atomic({"a": 1}, str(path))
 
     def full_disk(obj, f):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
-        train.save_atomic({"a": 2}, str(path))
+        checkpoint.save_atomic({"a": 2}, str(path))
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"a": 1}
     assert not (tmp_path / "ckpt.pt.tmp").exists()
@@ -162,7 +166,7 @@ def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_train(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
 
-    draw = train.Batches.next
+    draw = dataloader.Batches.next
     calls = []
 
     def interrupted(self):  # Ctrl-C while step 15 runs: the run saves and stops after it
@@ -170,7 +174,7 @@ def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch
         if len(calls) == 15:
             signal.raise_signal(signal.SIGINT)
         return draw(self)
-    monkeypatch.setattr(train.Batches, "next", interrupted)
+    monkeypatch.setattr(dataloader.Batches, "next", interrupted)
     first = run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
     assert first["iters"] == 15
     monkeypatch.undo()

@@ -1,0 +1,167 @@
+"""
+Where and how a process computes: the device, the precision, and the processes of a DDP run.
+
+    env = setup(device="auto", dtype="auto")   # Env(rank, world, device, dtype); starts DDP under torchrun
+    with autocast(env.device, env.dtype): ...  # mixed precision for a forward pass (a no-op for float32)
+    print0("only rank 0 prints")
+
+dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that multiply bf16 in hardware
+(AVX512-BF16 or AMX), else fp32. Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment;
+CUDA processes talk over NCCL, CPU ones over gloo.
+"""
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+
+from configurator import UserError
+
+
+def sync(device):
+    """Wait for the device's queued work (timings of GPU work are meaningless without it); a CPU has none."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def resolve_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name not in ("cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{name}'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use --device=cpu (or auto)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available here; use --device=cpu (or auto)")
+    return name
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo).
+    There bf16 autocast trains faster than fp32 (the README's training table); elsewhere bf16 is emulated
+    and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_dtype(name, device):
+    """'auto' is bfloat16 where the device has it (CUDA, and CPUs with native bf16 matmuls), else float32;
+    CUDA GPUs without bf16 get float16 (with a GradScaler)."""
+    if name == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+    if name == "float16" and not device.startswith("cuda"):
+        raise UserError("dtype=float16 needs a CUDA GPU (it relies on a GradScaler); use bfloat16 or float32")
+    return name
+
+
+def resolve_compile(flag, device):
+    """compile=None (auto) compiles on CUDA only: on a CPU it measured slower than eager for our models
+    (`make bench`), and compiling costs a minute before the first step."""
+    return device.startswith("cuda") if flag is None else flag
+
+
+def autocast(device, dtype):
+    """The mixed-precision context for the forward pass (a no-op for float32)."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+@dataclass
+class Env:
+    """Where this process computes: rank `rank` of `world` processes, on `device` in `dtype`."""
+    rank: int
+    world: int
+    device: str
+    dtype: str
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup(device="auto", dtype="auto"):
+    """This process's Env: from torchrun's environment (starting the process group), else rank 0 of 1."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError:
+        raise UserError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); unset them "
+                        "to train on one device") from None
+    device = resolve_device(device)
+    if world > 1:
+        if "RANK" not in os.environ or not 0 <= rank < world:
+            raise UserError(f"WORLD_SIZE={world} needs RANK in 0..{world - 1}: launch with torchrun, not by hand")
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        # torch.distributed.nn's functions take group=WORLD as a default argument, evaluated on first import.
+        # DDP imports it (through torch._dynamo); imported after init_process_group it would pin the default
+        # group for good, so destroy_process_group could not stop gloo's threads, and one of them freeing a
+        # tensor of the last collective as the interpreter exits aborts the process
+        import torch.distributed.nn  # noqa: F401
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return Env(rank, world, device, resolve_dtype(dtype, device))
+
+
+def teardown(env):
+    """End the process group: no process tears down its connections while another still uses them."""
+    if env.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def gather_states(state, world, device):
+    """Every rank's generator state, in rank order (just this one without DDP)."""
+    if world == 1:
+        return [state]
+    state = state.to(device)  # NCCL gathers GPU tensors only
+    states = [torch.empty_like(state) for _ in range(world)]
+    torch.distributed.all_gather(states, state)
+    return [s.cpu() for s in states]
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def fmt_time(seconds):
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (it then saves and evaluates), or the final
+    evaluation to stop scoring (action says which); a second SIGINT exits at once."""
+
+    def __init__(self, action="stopping after this step"):
+        self.requested, self.action = False, action
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            print0("\nsecond interrupt: exiting now without saving")
+            os._exit(130)
+        self.requested = True
+        print0(f"\n{signal.Signals(signum).name}: {self.action} (Ctrl-C again to quit at once)")
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
