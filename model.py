@@ -86,6 +86,10 @@ class GPTConfig:
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
                                                  "logit_softcap", "bias", "tie_weights")}
+# train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, ReLU squared,
+# zero-initialized residual projections, no soft-capping, no biases, an untied head
+RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True,
+                   logit_softcap=0.0, bias=False, tie_weights=False)
 
 
 class KVCache:

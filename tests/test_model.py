@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from model import GPT, GPTConfig, KVCache, draw, filter_logits, generate, pick, stream
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, draw, filter_logits, generate, pick, stream
 
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -122,6 +122,13 @@ def test_new_config_defaults_reproduce_the_gpt2_model():
     assert tiny(n_head=4, n_kv_head=1).blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
     assert "wpe.weight" not in tiny(pos_emb="rope").state_dict()
     assert "wpe.weight" not in tiny(pos_emb="sinusoidal").state_dict()
+
+
+def test_recipe_arch_sets_the_options_gpt2_arch_does():
+    """RECIPE_ARCH (train.py's modern recipe) changes exactly the options GPT2_ARCH names, into a valid config."""
+    assert RECIPE_ARCH.keys() == GPT2_ARCH.keys() and RECIPE_ARCH != GPT2_ARCH
+    model = tiny(**RECIPE_ARCH)
+    assert all(getattr(model.cfg, k) == v for k, v in RECIPE_ARCH.items()) and "wpe.weight" not in model.state_dict()
 
 
 def test_bad_attention_configs_are_user_errors():
