@@ -17,10 +17,11 @@ reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch;
 stop string (backslash escapes understood; the string is trimmed off) or at the tokenizer's
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
 token by token as it is generated (each new token decoded once). Prefill and decode speeds are
-reported after generating. The weights are cast once to the generation dtype (see generation_dtype);
-compile=None compiles the one-token step only when the generation is long enough to pay for it. Past
-block_size the window drops its oldest `slide` tokens when full (default half; see window_slide).
-With --init_from (GPT-2's weights, see hf.py) there is no checkpoint: the tokenizer is gpt2.
+reported after generating. The weights are cast once to the generation dtype (see
+engine.generation_dtype); compile=None compiles the one-token step only when the generation is long
+enough to pay for it. Past block_size the window drops its oldest `slide` tokens when full (default
+half; see engine.window_slide). With --init_from (GPT-2's weights, see hf.py) there is no checkpoint:
+the tokenizer is gpt2. Generation itself is engine.py's (a Session).
 """
 import contextlib
 import json
@@ -30,70 +31,33 @@ from dataclasses import dataclass
 
 import torch
 
-import hf
-import prepare
 from configurator import UserError, cli, load_config
-from model import GPT, GPTConfig, quantize_int8, stream
-from train import (CKPT_BEST, autocast, load_checkpoint, model_from_checkpoint, resolve_device, resolve_dtype,
-                   sync)
+from engine import (GenerationConfig, Session, compile_step, for_generation, generation_dtype, parse_temperatures,
+                    stream, window_slide)
+from model import GPT, GPTConfig
+from train import autocast, resolve_device, resolve_dtype, sync  # -> common/checkpoint
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
-QUANTIZE = ("", "int8")
-CPU_FP32_BYTES = 32 * 2**20  # see generation_dtype: about a server CPU's last-level cache
-COMPILE_AFTER = 8  # compile=None (auto) times this many eager decode steps, then decides
-COMPILE_PAYS_S = 60.0  # auto compiles when the rest of the decode would take longer than this eagerly:
-# compiling the step costs 12-22 s (quickstart) and 24-44 s (124M) on a 2-core CPU (freezing prepacks the
-# weights, which keeps Inductor's disk cache out, so every run pays it), and the compiled step decodes
-# 5.7x (quickstart) and 2.7x (124M) faster, so it pays off from ~25 s and ~65 s of eager decoding
 
 
 @dataclass
-class SampleConfig:
-    out_dir: str = "out/quickstart"
-    ckpt: str = CKPT_BEST
-    init_from: str = ""  # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | hf:DIR: GPT-2's weights instead of a run
+class SampleConfig(GenerationConfig):
+    """engine.GenerationConfig's keys (the run, the batch, top_k/top_p, stop, cache, slide, compile,
+    quantize, device, dtype), and these."""
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
-    num_samples: int = 3
-    max_new_tokens: int = 500
     temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    seed: int = 1337
-    stop: str = ""  # stop a sample at this string (trimmed off); "" = none; \n etc. are understood
-    eot: bool = True  # stop a sample at the tokenizer's end-of-text token, if it has one
     prompts: str = ""  # a file with one prompt per line: generate for each (with --temperatures: the grid)
     temperatures: tuple = ()  # e.g. --temperatures=0.5,1.0,1.5: generate at each (the grid)
     output: str = ""  # where the grid's JSON goes; "" = out_dir/generations.json
     stream: bool = True  # print a single sample token by token as it is generated
-    cache: bool = True  # KV cache / carried state; False recomputes the whole context every step
-    slide: int = 0  # past block_size, the window drops this many oldest tokens when full (then one prefill);
-    # 1 = exact (a full block_size of context for every token, a prefill per token); 0 = block_size // 2
-    compile: bool | None = None  # torch.compile the one-token step; None = auto (when it pays off, see COMPILE_PAYS_S)
-    quantize: str = ""  # int8: weight-only int8 (GPT; CPU or CUDA); "" = the weights in dtype
     bench: bool = False  # run benchmark() instead of sampling
-    device: str = "auto"
-    dtype: str = "auto"
 
     def validate(self):
         if self.temperature < 0:
             raise UserError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0 or self.slide < 0:
-            raise UserError("top_k, max_new_tokens and slide must be >= 0 and num_samples >= 1")
-        temps = []
-        for t in self.temperatures:
-            try:
-                temps.append(float(t))
-            except (TypeError, ValueError):
-                raise UserError(f"temperatures must be numbers separated by commas (like 0.5,1.0,1.5), "
-                                f"got {t!r}") from None
-        if self.quantize not in QUANTIZE:
-            raise UserError(f"quantize must be int8 or empty (off), not '{self.quantize}'")
-        if any(t < 0 for t in temps):
-            raise UserError(f"temperatures must be >= 0 (0 is greedy), got {','.join(map(str, temps))}")
-        self.temperatures = tuple(temps)
-        self.stop = unescape(self.stop)
+        super().validate()
+        self.temperatures = parse_temperatures(self.temperatures)
+        self.stop = unescape(self.stop)  # typed on a command line: --stop='\n' is a newline
 
 
 def unescape(text):
@@ -139,195 +103,6 @@ def read_prompts(path):
     if not prompts:
         raise UserError(f"the prompts file {path} has no prompts: write one prompt per line")
     return prompts
-
-
-# ----------------------------------------------------------------------------- generation
-
-def generation_dtype(dtype, device, model):
-    """What dtype=auto (resolved by train.py to `dtype`) generates in: that, except on a CPU a model
-    whose fp32 weights fit in the last-level cache stays float32. Measured on the quickstart model
-    (0.84M parameters), fp32 decodes 1.2-1.7x faster than bf16 (bf16 matrix-vector kernels cost more
-    per call); at 124M parameters bf16 is ~2x faster (half the bytes to stream)."""
-    if device == "cpu" and model.num_params() * 4 <= CPU_FP32_BYTES:
-        return "float32"
-    return dtype
-
-
-def window_slide(slide, model):
-    """How many tokens the window drops when it is full (stream's `slide`): slide=0 (auto) is half the
-    context. With slide=1 every token past block_size costs a prefill of block_size tokens (4.4 ms at the
-    quickstart's 128 on a 2-core CPU, against a 0.13 ms compiled step); with half, one prefill of
-    block_size / 2 + 1 tokens per block_size / 2 tokens. What the shorter contexts cost, measured on the
-    quickstart checkpoint (pycode val, 18k windows): mean loss 1.3241 over contexts of 65-128 characters
-    against 1.3227 at 128, +0.0014 nats."""
-    limit = model.context_limit
-    if limit is None:
-        return 1  # an LSTM carries its state: no window
-    if slide > limit:
-        raise UserError(f"slide={slide} is more than the model's context of {limit} tokens; give 1 (exact) to {limit}, "
-                        f"or 0 for half")
-    return slide or max(1, limit // 2)
-
-
-def for_generation(model, device, dtype, quantize=""):
-    """The model ready to generate: its weights cast once to dtype (rather than autocast, which with
-    frozen weights casts every weight again at every step), int8 weights with quantize="int8"."""
-    dt = getattr(torch, dtype)
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.data = p.data.to(dt)
-    if quantize == "int8":
-        if not isinstance(model, GPT):
-            raise UserError("quantize=int8 is for GPT checkpoints (an LSTM's weights live inside nn.LSTM); "
-                            "leave --quantize off")
-        if device.split(":")[0] not in ("cpu", "cuda"):
-            raise UserError(f"quantize=int8 runs on a CPU or a CUDA GPU, not on {device}; use --device=cpu")
-        quantize_int8(model, dt)
-    return model
-
-
-def compile_step(model, device):
-    """torch.compile the model's one-token step: CUDA graphs on a GPU (mode="reduce-overhead"'s setting);
-    on a CPU, Inductor with freezing (weights become constants, prepacked), max-autotune (its own GEMM
-    templates, which measured ~1.3x faster than oneDNN's bf16 matrix-vector products and ~2.5x for int8
-    weights) and the C++ wrapper (the quickstart step: 0.16 -> 0.125 ms)."""
-    if device.startswith("cuda"):
-        model.compile_step(options={"triton.cudagraphs": True})
-    else:
-        model.compile_step(inductor={"freezing": True, "max_autotune": True, "cpp_wrapper": True,
-                                     "autotune_num_choices_displayed": 0,  # (autotuning quietly)
-                                     "max_autotune_report_choices_stats": False})
-
-
-class Text:
-    """One sample's text as its tokens arrive. Tokenizers whose text is the concatenation of their
-    tokens' (char, byte, gpt2) decode only the new token, holding back the bytes of an incomplete UTF-8
-    character; the others (word, hf) decode the whole sample again."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.text = tok, [], ""
-        self.piece = tok.incremental_decoder()
-        self._searched = 0  # where a stop-string search starts: only text that is new can complete a match
-
-    def add(self, token):
-        self.ids.append(token)
-        self.text = self.text + self.piece(token) if self.piece else self.tok.decode(self.ids)
-
-    def find(self, stop):
-        at = self.text.find(stop, self._searched if self.piece else 0)
-        self._searched = max(0, len(self.text) - len(stop) + 1)
-        return at
-
-    def shown(self):
-        """The text that can be shown: without the replacement characters an incomplete character decodes to."""
-        return self.text if self.piece else self.text.rstrip("\ufffd")
-
-
-class Session:
-    """A loaded checkpoint with its tokenizer, on its device, ready to generate."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if cfg.init_from:
-            if not cfg.init_from.startswith(("gpt2", "hf:")):
-                raise UserError(f"init_from={cfg.init_from}: give gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:DIR "
-                                f"(a run of yours is --out_dir=...)")
-            self.path, self.ckpt = cfg.init_from, hf.load_pretrained(cfg.init_from)
-            hf.require_gpt2_tokens(self.ckpt)
-        else:
-            self.path = os.path.join(cfg.out_dir, cfg.ckpt)
-            self.ckpt = load_checkpoint(self.path)
-        self.tok = prepare.Tokenizer.from_meta(self.ckpt["meta"])
-        model = model_from_checkpoint(self.ckpt).to(self.device).eval()
-        if cfg.dtype == "auto":
-            self.dtype = generation_dtype(self.dtype, self.device, model)
-        self.model = for_generation(model, self.device, self.dtype, cfg.quantize)
-        self.slide = window_slide(cfg.slide, self.model)
-        self.can_compile = isinstance(self.model, GPT) and cfg.cache
-        if cfg.compile and not self.can_compile:
-            raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
-        if cfg.compile:
-            compile_step(self.model, self.device)
-
-    def generate(self, prompt, temperature, echo=None):
-        """num_samples completions of prompt (text without the prompt) and the speeds, as a dict.
-        echo(text) receives the first sample's text as it grows, piece by piece."""
-        cfg, tok = self.cfg, self.tok
-        ids = tok.encode(prompt)
-        if not ids:
-            raise UserError("the prompt is empty after tokenization; give --start some text")
-        B = cfg.num_samples
-        idx = torch.tensor([ids] * B, dtype=torch.long, device=self.device)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        eot = tok.eot_token if cfg.eot else None
-        texts = [Text(tok) for _ in range(B)]  # each sample's tokens and text, up to its stop
-        cuts = [None] * B  # where a sample's text is cut at the stop string
-        done = [False] * B
-        shown = 0  # characters of sample 0 already echoed
-        steps, t0 = 0, time.perf_counter()
-        t_first = t_last = t0
-        compile_s, first_compiled = None, None  # the token whose step ran compiled first (compiling, if needed)
-        for nxt in stream(self.model, idx, cfg.max_new_tokens, temperature, cfg.top_k or None, cfg.top_p,
-                          gen, cfg.cache, self.slide):
-            toks = nxt[:, 0].tolist()  # waits for the device: the timings below are real
-            steps += 1
-            now = time.perf_counter()
-            if steps == 1:
-                t_first = now
-            if steps == first_compiled:
-                compile_s = now - t_last  # timed apart from the decode rate
-            if steps == 1 + COMPILE_AFTER and self._compile_pays(now - t_first, cfg.max_new_tokens - steps):
-                compile_step(self.model, self.device)
-            if first_compiled is None and self.can_compile and self.model.compiled_step is not None:
-                first_compiled = steps + 1  # the next token comes from a compiled step
-            t_last = now
-            for b, t in enumerate(toks):
-                if done[b]:
-                    continue
-                if t == eot:
-                    done[b] = True
-                    continue
-                texts[b].add(t)
-                if cfg.stop:
-                    cut = texts[b].find(cfg.stop)
-                    if cut >= 0:
-                        cuts[b], done[b] = cut, True
-            if echo is not None:
-                shown = self._echo(echo, texts[0], done[0], shown)
-            if all(done):
-                break
-        t_end = time.perf_counter()
-        out = [tok.decode(t.ids)[:cuts[b]] for b, t in enumerate(texts)]
-        if echo is not None and len(out[0]) > shown:
-            echo(out[0][shown:])
-        prefill_s, decode_s = t_first - t0, t_end - t_first - (compile_s or 0)
-        decode_steps = steps - 1 - (compile_s is not None)
-        return {"prompt": prompt, "temperature": temperature, "samples": out,
-                "new_tokens": [len(t.ids) for t in texts], "stopped": done,
-                "prompt_tokens": len(ids), "steps": steps, "compile_s": compile_s,
-                "prefill_tok_s": B * len(ids) / prefill_s if steps else None,
-                "decode_tok_s": B * decode_steps / decode_s if decode_steps > 0 and decode_s > 0 else None}
-
-    def _compile_pays(self, eager_s, steps_left):
-        """compile=None (auto): after COMPILE_AFTER eager steps took eager_s, compile when the rest would
-        take longer than COMPILE_PAYS_S eagerly."""
-        if self.cfg.compile is not None or not self.can_compile or self.model.compiled_step is not None:
-            return False
-        return eager_s / COMPILE_AFTER * steps_left > COMPILE_PAYS_S
-
-    def _echo(self, echo, text, done, shown):
-        """Echo the part of sample 0 that can no longer change; returns how much is shown now."""
-        if done:
-            return shown  # the final text is echoed once generation ends
-        end = len(text.shown())
-        if self.cfg.stop:
-            end = min(end, len(text.text) - len(self.cfg.stop) + 1)  # could be the start of the stop string
-        if end > shown:
-            echo(text.text[shown:end])
-            return end
-        return shown
 
 
 def speed_line(r):
