@@ -1,5 +1,5 @@
 """
-Sample text from a trained run (GPT or LSTM; the checkpoint says which), and benchmark generation speed.
+Sample text from a trained run (GPT or LSTM; the checkpoint says which).
 
     python sample.py                                   # out/quickstart, the run `make` trains
     python sample.py --temperature=1.5                 # hotter; 0 is greedy
@@ -8,7 +8,6 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which), and ben
     python sample.py --prompts=prompts.txt --temperatures=0.5,1.0,1.5   # grid -> out_dir/generations.json
     python sample.py --compile=True --quantize=int8    # compiled one-token step, int8 weights (see README)
     python sample.py --slide=1 --max_new_tokens=2000   # past block_size, every token sees a full window (slower)
-    python sample.py --bench=True                      # decode tokens/s vs the bandwidth limit (random weights)
     python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
 
 The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
@@ -21,21 +20,15 @@ reported after generating. The weights are cast once to the generation dtype (se
 engine.generation_dtype); compile=None compiles the one-token step only when the generation is long
 enough to pay for it. Past block_size the window drops its oldest `slide` tokens when full (default
 half; see engine.window_slide). With --init_from (GPT-2's weights, see hf.py) there is no checkpoint:
-the tokenizer is gpt2. Generation itself is engine.py's (a Session).
+the tokenizer is gpt2. Generation itself is engine.py's (a Session); the speed benchmark is
+`python bench.py generate`.
 """
-import contextlib
 import json
 import os
-import time
 from dataclasses import dataclass
 
-import torch
-
 from configurator import UserError, cli, load_config
-from engine import (GenerationConfig, Session, compile_step, for_generation, generation_dtype, parse_temperatures,
-                    stream, window_slide)
-from model import GPT, GPTConfig
-from train import autocast, resolve_device, resolve_dtype, sync  # -> common/checkpoint
+from engine import GenerationConfig, Session, parse_temperatures
 
 TABLE_WIDTH = 60  # characters of each generation shown in the grid's table
 
@@ -50,7 +43,6 @@ class SampleConfig(GenerationConfig):
     temperatures: tuple = ()  # e.g. --temperatures=0.5,1.0,1.5: generate at each (the grid)
     output: str = ""  # where the grid's JSON goes; "" = out_dir/generations.json
     stream: bool = True  # print a single sample token by token as it is generated
-    bench: bool = False  # run benchmark() instead of sampling
 
     def validate(self):
         if self.temperature < 0:
@@ -152,9 +144,6 @@ def show(text, width=TABLE_WIDTH):
 
 def main(argv):
     cfg = parse_args(argv)
-    if cfg.bench:
-        benchmark(device=None if cfg.device == "auto" else cfg.device)
-        return
     if cfg.prompts or cfg.temperatures:
         doc, output = grid(cfg)
         which = f" (first of {cfg.num_samples} samples)" if cfg.num_samples > 1 else ""
@@ -175,141 +164,6 @@ def main(argv):
             print(prompt + text)
             print("-" * 40)
     print(f"[{speed_line(r)}]")
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-def bench_shapes():
-    """Random weights (speed does not depend on them): the quickstart's model (train.py's defaults at
-    config/quickstart.py's size) and GPT-2 124M."""
-    from train import TrainConfig, model_args
-    quick = {**model_args(TrainConfig(), 222), **dict(block_size=128, n_layer=4, n_head=4, n_embd=128)}
-    return {"quickstart": quick, "gpt2-124M": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
-
-
-BENCH_MODES = {  # name: (weights, quantize, compiled, slide)
-    "old": ("autocast", "", False, 1),  # fp32 weights under autocast, eager, exact slides: sample.py before #14
-    "eager": ("cast", "", False, 0),  # weights cast once to dtype; sample.py's slide (half the context)
-    "compiled": ("cast", "", True, 0),  # and the one-token step compiled
-    "exact": ("cast", "", True, 1),  # compiled, exact slides (only run where the window slides)
-    "int8": ("cast", "int8", True, 0),  # int8 weights, compiled
-}
-
-
-def memory_bandwidth(device, gib=1.0, repeats=5):
-    """Bytes/s of the best of `repeats` sums over a `gib` GiB fp32 tensor: the roof decode is held to."""
-    x = torch.ones(int(gib * 2**30) // 4, device=device)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        x.sum().item()
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best
-
-
-def bytes_per_step(model, B, capacity, itemsize=None):
-    """What one decode step must read from memory: every weight but the embedding lookups (one row
-    each), and the whole static KV cache (B, n_kv_head, capacity, head_size) of every layer. itemsize:
-    the bytes of a float weight as computed (autocast reads its cached bf16 copies of fp32 weights)."""
-    skip = {id(model.wte.weight)} - {id(getattr(model.lm_head, "weight", None))}  # a tied head reads it
-    skip |= {id(model.wpe.weight)} if hasattr(model, "wpe") else set()
-    seen = {id(t): t for t in [*model.parameters(), *(b for n, b in model.named_buffers() if "rope" not in n and
-                                                        "pos_table" not in n)] if id(t) not in skip}
-    cfg = model.cfg
-
-    def size(t):
-        return itemsize if itemsize and t.is_floating_point() else t.element_size()
-
-    kv = 2 * cfg.n_layer * B * cfg.kv_heads * capacity * (cfg.n_embd // cfg.n_head) * size(model.wte.weight)
-    return sum(t.numel() * size(t) for t in seen.values()) + kv
-
-
-@torch.no_grad()
-def _time_generation(model, B, N, device, weights, dtype, slide):
-    """Seconds for a whole N-token generation (batch B, from a 1-token prompt) through stream()."""
-    idx = torch.randint(model.cfg.vocab_size, (B, 1), device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    ctx = autocast(device, dtype) if weights == "autocast" else contextlib.nullcontext()
-    with ctx:
-        sync(device)
-        t = time.perf_counter()
-        for nxt in stream(model, idx, N, 1.0, None, None, gen, slide=slide):
-            nxt.tolist()  # as Session.generate: one sync per token
-        sync(device)
-    return time.perf_counter() - t
-
-
-def _bench_model(name, mode, device):
-    """The random-weight model of shape `name`, prepared for generation as `mode` does; and its dtype."""
-    weights, quantize, compiled, _ = BENCH_MODES[mode]
-    torch.manual_seed(0)
-    torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
-    model = GPT(GPTConfig(**bench_shapes()[name])).to(device).eval()
-    dtype = resolve_dtype("auto", device)
-    if weights == "cast":
-        dtype = generation_dtype(dtype, device, model)
-        model = for_generation(model, device, dtype, quantize)
-    if compiled:
-        compile_step(model, device)
-    return model, dtype
-
-
-def _bench_row(model, mode, dtype, B, N, device, bandwidth):
-    """Time one whole generation of N tokens at batch B (compiling first, timed apart); its table row."""
-    weights, _, compiled, slide = BENCH_MODES[mode]
-    slide = window_slide(slide, model)
-    compile_s, capacity = None, model.new_state(1 + N).capacity
-    if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
-        t = time.perf_counter()
-        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(capacity))
-        for _ in range(3):
-            model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
-        sync(device)
-        compile_s = time.perf_counter() - t
-    else:
-        _time_generation(model, B, 8, device, weights, dtype, slide)  # warm up kernels and allocator
-    seconds = _time_generation(model, B, N, device, weights, dtype, slide)
-    itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
-    step_bytes = bytes_per_step(model, B, capacity, itemsize)
-    limit = B * bandwidth / step_bytes
-    return dict(params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B, new_tokens=N,
-                slide=slide if N + 1 > model.context_limit else None, seconds=seconds, tok_s=B * N / seconds,
-                bytes_per_step=step_bytes, limit_tok_s=limit, of_limit=B * N / seconds / limit,
-                bandwidth=bandwidth, compile_s=compile_s)
-
-
-@torch.no_grad()
-def benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8), lengths=(256, 1024),
-              modes=tuple(BENCH_MODES)):
-    """Decode tok/s of whole generations (batch x N new tokens from a 1-token prompt, timed end to end,
-    sampling at temperature 1) for each shape x mode; the memory bandwidth is measured in the same run
-    and each row gives the fraction of the bandwidth limit (bytes one step reads / bandwidth). Compiled
-    modes are compiled (and warmed up) before timing; the compile time is its own column. Prints a
-    table; returns one dict per row."""
-    device = resolve_device(device or "auto")
-    bandwidth = memory_bandwidth(device)
-    rows = []
-    print(f"generation benchmark on {device}, {torch.get_num_threads()} CPU threads, random weights; "
-          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (a 1 GiB sum)")
-    print("| shape | mode | dtype | batch | new tokens | seconds | decode tok/s | MB read per step | bandwidth limit tok/s | "
-          "of limit | compile s |")
-    print("| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in shapes:
-        for mode in modes:
-            model, dtype = _bench_model(name, mode, device)
-            for N in lengths:
-                if mode == "exact" and N + 1 <= model.context_limit:
-                    continue  # no slide: the same as compiled
-                for B in batches:
-                    r = {"shape": name, **_bench_row(model, mode, dtype, B, N, device, bandwidth)}
-                    rows.append(r)
-                    window = f" (slides by {r['slide']})" if r["slide"] else ""
-                    compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
-                    print(f"| {name} | {mode} | {dtype} | {B} | {N}{window} | {r['seconds']:.2f} | {r['tok_s']:,.1f} | "
-                          f"{r['bytes_per_step'] / 1e6:,.1f} | {r['limit_tok_s']:,.0f} | {r['of_limit']:.0%} | "
-                          f"{compile_s} |", flush=True)
-    return rows
 
 
 if __name__ == "__main__":

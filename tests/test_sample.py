@@ -1,7 +1,6 @@
 """sample.py and engine.py's Session on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by
 train.train): batches of samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x
-temperatures grid, speed reports, bf16 and int8 weights, auto-compile, the benchmark, and one-line errors
-for bad input."""
+temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input."""
 import json
 import subprocess
 import sys
@@ -176,14 +175,3 @@ def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
     assert compiled == [session.model] and got["compile_s"] is not None
     assert got["samples"] == want["samples"] and "compiled; its first step" in sample.speed_line(got)
 
-
-def test_benchmark_rows_measure_against_the_bandwidth_limit():
-    """benchmark() times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
-    rows = sample.benchmark(shapes=("quickstart",), batches=(1, 2), lengths=(8,), modes=("old", "eager"))
-    assert [(r["mode"], r["batch"]) for r in rows] == [("old", 1), ("old", 2), ("eager", 1), ("eager", 2)]
-    for r in rows:
-        assert r["tok_s"] > 0 and r["limit_tok_s"] == pytest.approx(r["batch"] * r["bandwidth"] / r["bytes_per_step"])
-    model = GPT(GPTConfig(**sample.bench_shapes()["quickstart"]))  # untied head, RoPE, no biases
-    weights = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()  # the embedding is a lookup
-    cache = 2 * 4 * 3 * 4 * 128 * 32  # keys and values: layers x batch x heads x 128 slots x head size
-    assert sample.bytes_per_step(model, 3, 128) == 4 * (weights + cache)
