@@ -3,8 +3,8 @@ Throughput on this machine: training, tokenizers and generation.
 
     python bench.py                    # all of them (what `make bench` runs)
     python bench.py train              # training tokens/s, ms/step and MFU per precision / compile setting
-    python bench.py tokenize           # prepare.benchmark(): tokenizer MB/s, streaming peak memory
-    python bench.py generate           # sample.benchmark(), where sample.py has one
+    python bench.py tokenize           # python prepare.py bench: tokenizer MB/s, streaming peak memory
+    python bench.py generate           # decode tokens/s of engine.py's settings against the memory-bandwidth limit
     python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
     python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
     python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
@@ -16,6 +16,12 @@ default train.py picks) shares one model and is measured interleaved, round by r
 slows them alike; the best round counts. MFU is model FLOPs (6 per parameter per token plus attention)
 per second over the peak matmul throughput of the same dtype, measured here with a large matmul.
 
+The generation benchmark times whole generations (batch x new tokens from a 1-token prompt, through
+engine.py's stream) of two random-weight shapes, the quickstart GPT and GPT-2 small: fp32 weights under
+autocast (sample.py's way before the fast-generation work), then engine.py's (weights cast once, the
+step compiled, int8 weights). Each row is set against the memory bandwidth, measured in the same run,
+over the bytes one decode step reads.
+
 The budget benchmark runs `python train.py` once per recipe (and repeat, interleaved) on one prepared
 dataset with one wall-clock budget, evaluating every EVAL_EVERY steps (the best checkpoint counts: long
 runs on a small corpus overfit), and tabulates steps,
@@ -23,6 +29,7 @@ tokens seen, tokens/s and the best checkpoint's loss on the whole val split (tra
 evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, and the defaults.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -34,8 +41,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from common import resolve_compile, resolve_device, resolve_dtype, sync
+from common import autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
+from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields
 from optim import OptimConfig, make_optimizers, train_step
 
@@ -199,20 +207,154 @@ def bench_train(bc):
 
 
 def bench_tokenize(bc):
-    import prepare
-    print("\ntokenizers (prepare.benchmark):")
-    results = prepare.benchmark()
-    for key, value in results.items():
-        print(f"  {key:28s} {value}")
-    return results
+    """prepare.py's own benchmark (`python prepare.py bench`), run as that stage."""
+    print("\ntokenizers (python prepare.py bench):", flush=True)
+    run = subprocess.run([sys.executable, "prepare.py", "bench"], cwd=REPO, capture_output=True, text=True)
+    if run.returncode:
+        raise UserError(f"python prepare.py bench failed: {run.stderr.strip().splitlines()[-1:]}")
+    print(run.stdout, end="")
+    return dict(line.split(None, 1) for line in run.stdout.splitlines() if line.strip())
+
+
+def generation_shapes():
+    """The generation benchmark's models, with random weights (speed does not depend on them): the
+    quickstart's (the recipe's architecture at config/quickstart.py's size, 222 characters) and GPT-2
+    124M."""
+    return {"quickstart": GPTConfig(**RECIPE_ARCH, vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128),
+            "gpt2-124M": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
+
+
+GENERATION_MODES = {  # name: (weights, quantize, compiled, slide)
+    "old": ("autocast", "", False, 1),  # fp32 weights under autocast, eager, exact slides: sample.py before #14
+    "eager": ("cast", "", False, 0),  # weights cast once to dtype; engine.py's slide (half the context)
+    "compiled": ("cast", "", True, 0),  # and the one-token step compiled
+    "exact": ("cast", "", True, 1),  # compiled, exact slides (only run where the window slides)
+    "int8": ("cast", "int8", True, 0),  # int8 weights, compiled
+}
+
+
+def memory_bandwidth(device, gib=1.0, repeats=5):
+    """Bytes/s of the best of `repeats` sums over a `gib` GiB fp32 tensor: the roof decode is held to."""
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def bytes_per_step(model, B, capacity, itemsize=None):
+    """What one decode step must read from memory: every weight but the embedding lookups (one row
+    each), and the whole static KV cache (B, n_kv_head, capacity, head_size) of every layer. itemsize:
+    the bytes of a float weight as computed (autocast reads its cached bf16 copies of fp32 weights)."""
+    skip = {id(model.wte.weight)} - {id(getattr(model.lm_head, "weight", None))}  # a tied head reads it
+    skip |= {id(model.wpe.weight)} if hasattr(model, "wpe") else set()
+    seen = {id(t): t for t in [*model.parameters(), *(b for n, b in model.named_buffers() if "rope" not in n and
+                                                        "pos_table" not in n)] if id(t) not in skip}
+    cfg = model.cfg
+
+    def size(t):
+        return itemsize if itemsize and t.is_floating_point() else t.element_size()
+
+    kv = 2 * cfg.n_layer * B * cfg.kv_heads * capacity * (cfg.n_embd // cfg.n_head) * size(model.wte.weight)
+    return sum(t.numel() * size(t) for t in seen.values()) + kv
+
+
+@torch.no_grad()
+def _time_generation(model, B, N, device, weights, dtype, slide):
+    """Seconds for a whole N-token generation (batch B, from a 1-token prompt) through stream()."""
+    idx = torch.randint(model.cfg.vocab_size, (B, 1), device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    ctx = autocast(device, dtype) if weights == "autocast" else contextlib.nullcontext()
+    with ctx:
+        sync(device)
+        t = time.perf_counter()
+        for nxt in stream(model, idx, N, 1.0, None, None, gen, slide=slide):
+            nxt.tolist()  # as Session.generate: one sync per token
+        sync(device)
+    return time.perf_counter() - t
+
+
+def _generation_model(name, mode, device):
+    """The random-weight model of shape `name`, prepared for generation as `mode` does; and its dtype."""
+    weights, quantize, compiled, _ = GENERATION_MODES[mode]
+    torch.manual_seed(0)
+    torch._dynamo.reset()  # a fresh compile per model, within the recompile limit
+    model = GPT(generation_shapes()[name]).to(device).eval()
+    dtype = resolve_dtype("auto", device)
+    if weights == "cast":
+        dtype = generation_dtype(dtype, device, model)
+        model = for_generation(model, device, dtype, quantize)
+    if compiled:
+        compile_step(model, device)
+    return model, dtype
+
+
+def _generation_row(model, mode, dtype, B, N, device, bandwidth):
+    """Time one whole generation of N tokens at batch B (compiling first, timed apart); its table row."""
+    weights, _, compiled, slide = GENERATION_MODES[mode]
+    slide = window_slide(slide, model)
+    compile_s, capacity = None, model.new_state(1 + N).capacity
+    if compiled:  # compile (or find) the step for this batch and cache size, and warm it up
+        t = time.perf_counter()
+        _, state = model.step(torch.zeros(B, 1, dtype=torch.long, device=device), model.new_state(capacity))
+        for _ in range(3):
+            model.step(torch.zeros(B, 1, dtype=torch.long, device=device), state)
+        sync(device)
+        compile_s = time.perf_counter() - t
+    else:
+        _time_generation(model, B, 8, device, weights, dtype, slide)  # warm up kernels and allocator
+    seconds = _time_generation(model, B, N, device, weights, dtype, slide)
+    itemsize = getattr(torch, dtype).itemsize if weights == "autocast" else None
+    step_bytes = bytes_per_step(model, B, capacity, itemsize)
+    limit = B * bandwidth / step_bytes
+    return dict(params=model.num_params(), device=device, dtype=dtype, mode=mode, batch=B, new_tokens=N,
+                slide=slide if N + 1 > model.context_limit else None, seconds=seconds, tok_s=B * N / seconds,
+                bytes_per_step=step_bytes, limit_tok_s=limit, of_limit=B * N / seconds / limit,
+                bandwidth=bandwidth, compile_s=compile_s)
+
+
+@torch.no_grad()
+def generation_benchmark(device=None, shapes=("quickstart", "gpt2-124M"), batches=(1, 8),
+                         lengths=(256, 1024), modes=tuple(GENERATION_MODES)):
+    """Decode tok/s of whole generations (batch x N new tokens from a 1-token prompt, timed end to end,
+    sampling at temperature 1) for each shape x mode; the memory bandwidth is measured in the same run
+    and each row gives the fraction of the bandwidth limit (bytes one step reads / bandwidth). Compiled
+    modes are compiled (and warmed up) before timing; the compile time is its own column. Prints a
+    table; returns one dict per row."""
+    device = resolve_device(device or "auto")
+    bandwidth = memory_bandwidth(device)
+    rows = []
+    print(f"generation benchmark on {device}, {torch.get_num_threads()} CPU threads, random weights; "
+          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (a 1 GiB sum)")
+    print("| shape | mode | dtype | batch | new tokens | seconds | decode tok/s | MB read per step | bandwidth limit tok/s | "
+          "of limit | compile s |")
+    print("| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in shapes:
+        for mode in modes:
+            model, dtype = _generation_model(name, mode, device)
+            for N in lengths:
+                if mode == "exact" and N + 1 <= model.context_limit:
+                    continue  # no slide: the same as compiled
+                for B in batches:
+                    r = {"shape": name, **_generation_row(model, mode, dtype, B, N, device, bandwidth)}
+                    rows.append(r)
+                    window = f" (slides by {r['slide']})" if r["slide"] else ""
+                    compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+                    print(f"| {name} | {mode} | {dtype} | {B} | {N}{window} | {r['seconds']:.2f} | {r['tok_s']:,.1f} | "
+                          f"{r['bytes_per_step'] / 1e6:,.1f} | {r['limit_tok_s']:,.0f} | {r['of_limit']:.0%} | "
+                          f"{compile_s} |", flush=True)
+    return rows
 
 
 def bench_generate(bc):
-    import sample
-    print("\ngeneration (sample.benchmark):")
+    print("\ngeneration (engine.py's settings against the memory-bandwidth limit):")
     shapes = ("quickstart", "gpt2-124M") if bc.big else ("quickstart",)
-    modes = tuple(sample.BENCH_MODES) if bc.compile else ("old", "eager")
-    return sample.benchmark(None if bc.device == "auto" else bc.device, shapes=shapes, modes=modes)  # prints a table
+    modes = tuple(GENERATION_MODES) if bc.compile else ("old", "eager")
+    device = None if bc.device == "auto" else bc.device
+    return generation_benchmark(device, shapes=shapes, modes=modes)  # prints a table
 
 
 def bench_budget(bc):

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from configurator import UserError, cli, load_config
-from sample import SampleConfig, Session
+from engine import GenerationConfig, Session, parse_temperatures
 
 RUNS = ("gpt", "lstm")
 
@@ -67,14 +67,13 @@ def plot(runs, out_dir):
 def compare(cfg):
     runs = {run: read_run(os.path.join(cfg.out_dir, run)) for run in RUNS}
     samples, speeds = {}, {}
-    for run in RUNS:  # sample.py's own generation path: same prompt, seed and temperatures for both
-        scfg = SampleConfig(out_dir=os.path.join(cfg.out_dir, run), start=cfg.start, num_samples=1,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eot=False, device="cpu",
-                            temperatures=tuple(cfg.temperatures.split(",")))
-        scfg.validate()  # parses the temperatures, with a clear error for a bad one
-        session = Session(scfg)
-        results = [session.generate(scfg.start, t) for t in scfg.temperatures]
-        temps = scfg.temperatures
+    temps = parse_temperatures(cfg.temperatures.split(","))  # with a clear error for a bad one
+    for run in RUNS:  # a Session, as sample.py generates: the same prompt, seed and temperatures for both
+        gcfg = GenerationConfig(out_dir=os.path.join(cfg.out_dir, run), num_samples=1,
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eot=False, device="cpu")
+        gcfg.validate()
+        session = Session(gcfg)
+        results = [session.generate(cfg.start, t) for t in temps]
         for t, r in zip(temps, results):
             samples[run, t] = cfg.start + r["samples"][0]
         speeds[run] = max(r["decode_tok_s"] or 0.0 for r in results)

@@ -1,14 +1,11 @@
 """
-A GPT-2-style decoder-only transformer, and the one `generate` that serves every model here.
+A GPT-2-style decoder-only transformer and its KV cache.
 
     model = GPT(GPTConfig(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128))
     logits, loss = model(idx, targets)        # (B, T, V) logits, mean cross-entropy
-    logits, cache = model.step(idx, cache)    # incremental: only the new tokens, KV cache carried
     cache = model.new_state(capacity)         # an empty static KV cache (block_size slots by default)
-    model.compile_step()                      # one-token steps run torch.compile'd (sample.py decides)
-    out = generate(model, idx, 100, temperature=0.8, top_p=0.9)     # (B, T + 100)
-    for nxt in stream(model, idx, 100): ...   # the same loop, one (B, 1) token at a time
-    generate(model, idx, 500, slide=64)       # past block_size, the window drops 64 tokens when full
+    logits, cache = model.step(idx, cache)    # incremental: only the new tokens, KV cache carried
+    model = build_model("gpt", args)          # the config key `model`: gpt here, lstm or gru from rnn.py
 
 Token embeddings plus positions (pos_emb: learned GPT-2 embeddings, fixed sinusoids, or rotary
 embeddings applied to queries and keys), pre-norm blocks (causal self-attention through
@@ -19,7 +16,8 @@ checkpoints saved before the other options existed. The options since GPT-2 (the
 speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of each head's queries and keys),
 activation=relu2 (ReLU squared), zero_init (residual projections, and an untied head, start at 0)
 and logit_softcap (logits = c * tanh(logits / c)).
-rnn.py's models have the same interface, so train.py, sample.py and the tests never branch on it.
+rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
+Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
 """
 import math
 from dataclasses import dataclass
@@ -34,7 +32,6 @@ from configurator import UserError
 INIT_STD = 0.02  # GPT-2's weight init
 ROPE_BASE = 10000.0  # rotary frequencies base ** (-2i / head_size), as in RoFormer / LLaMA
 SINUSOID_BASE = 10000.0  # "Attention Is All You Need" position encoding wavelengths
-INT8_MAX_ROWS = 16  # Int8Linear: inputs of up to this many rows (tokens x batch) use the int8 kernel
 CACHE_ROUND = 64  # KV cache sizes are multiples of this (each size is one compiled decode step)
 POS_EMBS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -86,9 +83,10 @@ class GPTConfig:
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
                                                  "logit_softcap", "bias", "tie_weights")}
-# the modern recipe's choice for each (train.py's TrainConfig defaults): measured in `python bench.py budget`
-RECIPE_ARCH = {"pos_emb": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "zero_init": True,
-               "logit_softcap": 0.0, "bias": False, "tie_weights": False}
+# train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, ReLU squared,
+# zero-initialized residual projections, no soft-capping, no biases, an untied head
+RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True,
+                   logit_softcap=0.0, bias=False, tie_weights=False)
 
 
 class KVCache:
@@ -152,7 +150,7 @@ def rotate(x, cos, sin):
 
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm computed in fp32 and returned in the input's dtype, as autocast does for LayerNorm
-    (PyTorch's fused kernel needs the input and the gain in one dtype: the gain may be bf16 in sample.py)."""
+    (PyTorch's fused kernel needs the input and the gain in one dtype: engine.py may cast the gain to bf16)."""
 
     def forward(self, x):
         return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).type_as(x)
@@ -234,10 +232,10 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         # Every position encoding keeps the block_size window it was trained on: sinusoids and RoPE
-        # could be computed further, but predictions past the trained length degrade, so generate()
-        # slides the window instead (see there).
+        # could be computed further, but predictions past the trained length degrade, so engine.py's
+        # stream() slides the window instead (see there).
         self.context_limit = cfg.block_size
-        self.compiled_step = None  # compile_step() sets it
+        self.compiled_step = None  # a compiled _run for one-token steps: engine.compile_step sets it
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_emb == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -315,7 +313,7 @@ class GPT(nn.Module):
 
     def step(self, idx, state=None):
         """Forward only the new tokens idx (B, T), attending to the cached ones; returns (logits, cache).
-        A one-token step runs the compiled step when compile_step() made one, once the cache's buffers
+        A one-token step runs compiled_step when engine.compile_step made one, once the cache's buffers
         exist (the first write allocates them, eagerly: a graph that allocates would be compiled twice)."""
         cache = state if state is not None else self.new_state()
         T = idx.size(1)
@@ -326,28 +324,6 @@ class GPT(nn.Module):
         logits = run(idx, cache)
         cache.length += T
         return logits, cache
-
-    def compile_step(self, inductor=None, backend="inductor", options=None):
-        """torch.compile the one-token step (sample.py picks the settings for each device), for generating
-        from a model that no longer changes: Dynamo's guards on its modules are skipped (they cost ~25 us
-        a step at the quickstart's size). `options`: torch.compile's. `inductor`: Inductor settings in force
-        while a new shape traces and compiles (freezing is read outside torch.compile's options); the
-        calls after a shape's first run without them (patching the config costs another ~25 us a step)."""
-        options = {**(options or {}), "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        step = torch.compile(self._run, fullgraph=True, dynamic=False, backend=backend, options=options)
-        if not inductor:
-            self.compiled_step = step
-            return
-        patched, compiled = torch._inductor.config.patch(inductor)(step), set()
-
-        def run(idx, cache):
-            key = (idx.shape, idx.device, cache.capacity, cache.k[0].dtype)  # what a new compile is keyed on
-            if key in compiled:
-                return step(idx, cache)
-            logits = patched(idx, cache)
-            compiled.add(key)
-            return logits
-        self.compiled_step = run
 
 
 def build_model(kind, args):
@@ -365,117 +341,3 @@ def config_fields(kind):
         return [f.name for f in fields(GPTConfig)]
     import rnn
     return [f.name for f in fields(rnn.RNNConfig) if f.name != "cell"]
-
-
-# ----------------------------------------------------------------------------- generation
-
-class Int8Linear(nn.Module):
-    """nn.Linear with int8 weights, for generation: one scale per output row (absmax / 127, symmetric),
-    y = (x @ int8 weight^T) * scale + bias through torch._weight_int8pack_mm (CPU and CUDA kernels; on a
-    CPU Inductor lowers it to its own GEMM template under max_autotune). Half the bytes of bf16."""
-
-    def __init__(self, linear, dtype):
-        super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.register_buffer("weight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(dtype))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
-
-    def forward(self, x):
-        rows = x.reshape(-1, x.size(-1))
-        if rows.size(0) <= INT8_MAX_ROWS:  # decode: the int8 weights streamed once
-            y = torch._weight_int8pack_mm(rows, self.weight, self.scale)
-        else:  # a prefill: the weights dequantized once serve all the rows (the int8 kernel measured far slower)
-            y = F.linear(rows, self.weight.to(x.dtype)) * self.scale
-        y = y.view(*x.shape[:-1], -1)
-        return y if self.bias is None else y + self.bias
-
-
-def quantize_int8(model, dtype):
-    """Replace every nn.Linear of a GPT (attention, MLP, output layer) by an Int8Linear whose activations
-    are `dtype`; a tied output layer gets its own int8 copy (the embedding stays a lookup table)."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child, dtype))
-    return model
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """Keep the top_k most likely tokens and the smallest set whose probability reaches top_p; -inf the rest."""
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the nucleus is complete
-        drop[..., 0] = False  # always keep the most likely token
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
-def pick(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """The next token (B, 1) from last-position logits (B, V): argmax when temperature is 0, else a draw."""
-    logits = logits.float()
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-    return draw(probs, generator)
-
-
-def draw(probs, generator=None):
-    """One index (B, 1) per row of probs (B, V), drawn with those probabilities: the first index whose
-    cumulative sum exceeds a uniform draw times the total (inverse transform sampling). A zero-probability
-    index is never returned (the sum does not rise there). torch.multinomial samples the same distribution
-    but measured ~1 ms per row at V=50k on a CPU, this ~0.1 ms; neither syncs a GPU."""
-    cdf = probs.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype)
-    below = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))  # < total, even after rounding
-    return torch.searchsorted(cdf, below, right=True)
-
-
-@torch.no_grad()
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, cache=True,
-           slide=1):
-    """Yield max_new_tokens next tokens (B, 1), one per step, continuing idx (B, T); temperature 0 is greedy.
-
-    Cached (the default): the prompt is prefilled once, then each new token costs one model.step on
-    the state (KV cache or LSTM state). A model with a context_limit (a GPT's block_size) slides its
-    window when it is full: the oldest `slide` tokens leave it and the rest are prefilled again into
-    the same cache. slide=1 (exact) keeps every prediction's context a full block_size, as nanoGPT's
-    crop does, at the price of a prefill of block_size tokens per new token; a larger slide prefills
-    once per `slide` tokens, and the predictions right after it see block_size - slide + 1 tokens.
-    cache=False recomputes the same window every step (nanoGPT's way with slide=1): the reference the
-    cached path must match. Stop early by simply not asking for more (break out of the loop)."""
-    limit = model.context_limit
-    if limit is not None and not 1 <= slide <= limit:
-        raise ValueError(f"slide={slide} must be between 1 and the context of {limit} tokens")
-    n = idx.size(1) if limit is None else min(idx.size(1), limit)  # tokens the next prediction sees
-    if cache:
-        logits, state = model.step(idx[:, -n:], model.new_state(idx.size(1) + max_new_tokens))
-    else:
-        logits, _ = model(idx[:, -n:])
-    for i in range(max_new_tokens):
-        nxt = pick(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-        yield nxt
-        if i == max_new_tokens - 1:
-            break  # the last token needs no logits after it
-        idx = torch.cat([idx, nxt], dim=1)
-        full = limit is not None and n == limit
-        n = limit + 1 - slide if full else n + 1
-        if not cache:
-            logits, _ = model(idx[:, -n:])
-        elif full:  # slide the window, refilling the same cache
-            logits, state = model.step(idx[:, -n:], state.reset())
-        else:
-            logits, state = model.step(nxt, state)
-
-
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, cache=True,
-             slide=1):
-    """idx (B, T) extended by max_new_tokens tokens from `stream` (same arguments): (B, T + max_new_tokens)."""
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, cache, slide))
-    return torch.cat([idx, *new], dim=1)

@@ -355,3 +355,16 @@ def test_bench_times_every_setting_on_one_model():
         assert r["mfu"] == pytest.approx(fpt * r["tok_s"] / peak)  # against the peak of its own dtype
     with pytest.raises(UserError, match="unknown benchmark 'speed'"):
         bench.main(["speed"])
+
+
+def test_generation_benchmark_rows_measure_against_the_bandwidth_limit():
+    """bench.py generate times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
+    import bench
+    rows = bench.generation_benchmark(shapes=("quickstart",), batches=(1, 2), lengths=(8,), modes=("old", "eager"))
+    assert [(r["mode"], r["batch"]) for r in rows] == [("old", 1), ("old", 2), ("eager", 1), ("eager", 2)]
+    for r in rows:
+        assert r["tok_s"] > 0 and r["limit_tok_s"] == pytest.approx(r["batch"] * r["bandwidth"] / r["bytes_per_step"])
+    model = bench.GPT(bench.generation_shapes()["quickstart"])  # untied head, RoPE, no biases
+    weights = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()  # the embedding is a lookup
+    cache = 2 * 4 * 3 * 4 * 128 * 32  # keys and values: layers x batch x heads x 128 slots x head size
+    assert bench.bytes_per_step(model, 3, 128) == 4 * (weights + cache)

@@ -26,7 +26,8 @@ import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
 from conftest import code_text, prepare_text  # noqa: E402
-from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig, generate  # noqa: E402
+from engine import generate  # noqa: E402
+from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig  # noqa: E402
 from test_crash import REPO, events, flags, snapshot  # noqa: E402
 from test_errors import cli_error, check_one_line  # noqa: E402
 

@@ -11,7 +11,8 @@ import optim
 import bench
 import train
 from configurator import UserError, load_config
-from model import GPT, GPTConfig, RMSNorm, generate
+from engine import generate
+from model import GPT, GPTConfig, RMSNorm
 from test_train import corpus, run_train  # noqa: F401 (corpus is a fixture)
 
 TINY_MODEL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)

@@ -180,14 +180,15 @@ def test_config_errors(bad, match):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_built_and_sampled_like_the_gpt(cell):
-    """The contract's path: model.build_model(kind, args) then model.generate, with no context limit."""
+    """The contract's path: model.build_model(kind, args) then engine.generate, with no context limit."""
+    import engine
     import model
     torch.manual_seed(0)
     m = model.build_model(cell, dict(vocab_size=V, n_layer=2, n_embd=16, n_hidden=24, dropout=0.0,
                                      tie_weights=True)).eval()
     assert isinstance(m, rnn.RNNLM) and m.cfg.cell == cell and m.proj is not None
     prompt = torch.randint(0, V, (2, 5))
-    out = model.generate(m, prompt, max_new_tokens=30, temperature=0)
+    out = engine.generate(m, prompt, max_new_tokens=30, temperature=0)
     assert out.shape == (2, 35) and torch.equal(out[:, :5], prompt)
     greedy = prompt  # greedy decoding by full forward passes must pick the same tokens
     for _ in range(30):

@@ -1,16 +1,19 @@
-"""sample.py on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by train.train): batches of
-samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x temperatures grid, speed
-reports, and one-line errors for bad input."""
+"""sample.py and engine.py's Session on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by
+train.train): batches of samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x
+temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import engine
 import sample
 import train
 from configurator import UserError, load_config
+from model import GPT, GPTConfig
 from conftest import code_text, prepare_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +60,10 @@ def test_batch_seed_greedy_and_cache_through_one_code_path(runs, kind):
 
 def test_stop_string_trims_each_sample_at_its_own_stop(runs):
     base = cfg_for(runs["gpt"], "--num_samples=4", "--temperature=1.0")
-    full = sample.Session(base).generate("def ", 1.0)["samples"]
+    full = engine.Session(base).generate("def ", 1.0)["samples"]
     stop = full[0][15:17]  # occurs in sample 0, maybe in others, at their own places
     cfg = cfg_for(runs["gpt"], "--num_samples=4", "--temperature=1.0", f"--stop={stop}")
-    r = sample.Session(cfg).generate("def ", 1.0)
+    r = engine.Session(cfg).generate("def ", 1.0)
     for text, stopped, before in zip(r["samples"], r["stopped"], full):
         assert stopped == (stop in before)
         assert text == (before[:before.index(stop)] if stop in before else before)
@@ -70,7 +73,7 @@ def test_stop_string_trims_each_sample_at_its_own_stop(runs):
 
 
 def test_end_of_text_stops_each_sample_and_ends_generation_when_all_have(runs):
-    session = sample.Session(cfg_for(runs["lstm"], "--num_samples=3", "--temperature=1.0", "--max_new_tokens=80"))
+    session = engine.Session(cfg_for(runs["lstm"], "--num_samples=3", "--temperature=1.0", "--max_new_tokens=80"))
     full = session.generate("def ", 1.0)
     session.tok.eot_token = session.tok.encode("\n")[0]  # pretend the newline is end-of-text
     r = session.generate("def ", 1.0)
@@ -85,7 +88,7 @@ def test_end_of_text_stops_each_sample_and_ends_generation_when_all_have(runs):
 def test_single_sample_streams_token_by_token(runs, capsys):
     cfg = cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0.8")
     pieces = []
-    r = sample.Session(cfg).generate("def ", 0.8, echo=pieces.append)
+    r = engine.Session(cfg).generate("def ", 0.8, echo=pieces.append)
     assert "".join(pieces) == r["samples"][0] and len(pieces) > 10
     sample.main([f"--out_dir={runs['gpt']}", "--start=def ", "--max_new_tokens=40", "--seed=3", "--num_samples=1"])
     out = capsys.readouterr().out
@@ -133,7 +136,7 @@ def test_bad_input_is_one_clear_user_error(runs, tmp_path):
         with pytest.raises(UserError, match=message):
             sample.main([run, "--max_new_tokens=2", *args])
     with pytest.raises(UserError, match="quantize=int8 runs on a CPU or a CUDA GPU, not on mps"):
-        sample.for_generation(sample.GPT(sample.GPTConfig()), "mps", "float32", "int8")  # (no MPS here to load on)
+        engine.for_generation(GPT(GPTConfig()), "mps", "float32", "int8")  # (no MPS here to load on)
     for args in (["--quantize=int8"], ["--compile=True"]):  # an LSTM has neither int8 Linear layers nor a KV cache
         with pytest.raises(UserError, match="quantize=int8 is for GPT|compile=True compiles a GPT"):
             sample.main([f"--out_dir={runs['lstm']}", "--max_new_tokens=2", *args])
@@ -147,39 +150,28 @@ def test_bad_input_is_one_clear_user_error(runs, tmp_path):
 def test_bfloat16_and_int8_weights_generate_through_the_session(runs):
     """dtype=bfloat16 casts the weights once (no autocast); quantize=int8 swaps in int8 Linear layers.
     Greedy text from either mostly matches fp32's: the tiny model's top tokens are rarely near-ties."""
-    ref = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--dtype=float32"))
+    ref = engine.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--dtype=float32"))
     want = ref.generate("def ", 0)["samples"][0]
     for args in (["--dtype=bfloat16"], ["--dtype=bfloat16", "--quantize=int8"], ["--quantize=int8"]):
-        session = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", *args))
+        session = engine.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", *args))
         got = session.generate("def ", 0)["samples"][0]
         assert len(got) == len(want) == 40
         assert sum(a == b for a, b in zip(got, want)) >= 20, (args, got, want)
-    assert session.model.lm_head.weight.dtype == sample.torch.int8 and session.dtype == "float32"
+    assert session.model.lm_head.weight.dtype == torch.int8 and session.dtype == "float32"
     assert ref.dtype == "float32" and not any(p.requires_grad for p in ref.model.parameters())
 
 
 def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
     """compile=None times COMPILE_AFTER eager steps and compiles only when the rest would take longer
     than COMPILE_PAYS_S eagerly; the step that compiled is reported apart from the decode rate."""
-    compiled = []
-    monkeypatch.setattr(sample, "compile_step", lambda model, device: compiled.append(model) or
-                        model.compile_step(backend="eager"))
-    session = sample.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--max_new_tokens=20"))
+    compiled, compile_step = [], engine.compile_step
+    monkeypatch.setattr(engine, "compile_step", lambda model, device: compiled.append(model) or
+                        compile_step(model, device, backend="eager"))
+    session = engine.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--max_new_tokens=20"))
     want = session.generate("def ", 0)
     assert not compiled and want["compile_s"] is None  # 20 tiny steps: never worth a compile
-    monkeypatch.setattr(sample, "COMPILE_PAYS_S", 0.0)
+    monkeypatch.setattr(engine, "COMPILE_PAYS_S", 0.0)
     got = session.generate("def ", 0)
     assert compiled == [session.model] and got["compile_s"] is not None
     assert got["samples"] == want["samples"] and "compiled; its first step" in sample.speed_line(got)
 
-
-def test_benchmark_rows_measure_against_the_bandwidth_limit():
-    """benchmark() times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
-    rows = sample.benchmark(shapes=("quickstart",), batches=(1, 2), lengths=(8,), modes=("old", "eager"))
-    assert [(r["mode"], r["batch"]) for r in rows] == [("old", 1), ("old", 2), ("eager", 1), ("eager", 2)]
-    for r in rows:
-        assert r["tok_s"] > 0 and r["limit_tok_s"] == pytest.approx(r["batch"] * r["bandwidth"] / r["bytes_per_step"])
-    model = sample.GPT(sample.GPTConfig(**sample.bench_shapes()["quickstart"]))  # untied head, RoPE, no biases
-    weights = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()  # the embedding is a lookup
-    cache = 2 * 4 * 3 * 4 * 128 * 32  # keys and values: layers x batch x heads x 128 slots x head size
-    assert sample.bytes_per_step(model, 3, 128) == 4 * (weights + cache)
