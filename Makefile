@@ -82,6 +82,7 @@ bench: $(DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) bench.py $(ARGS)
 
 compare: $(DEPS) $(if $(filter pycode,$(DATASET)),data/pycode/meta.json)
+	rm -rf $(COMPARE_DIR)  # like `make`, a comparison starts afresh
 	$(PYTHON) train.py $(GPT_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/gpt $(ARGS)
 	$(PYTHON) train.py $(GPT_CONFIG) $(LSTM_CONFIG) --dataset=$(DATASET) --time_budget=$(BUDGET) --out_dir=$(COMPARE_DIR)/lstm $(ARGS)
 	$(PYTHON) compare.py $(COMPARE_DIR)

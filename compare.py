@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass
 
 from configurator import UserError, cli, load_config
+from dataloader import load_meta, open_split
 from engine import GenerationConfig, Session, parse_temperatures
+from tokenizer import Tokenizer
 
 RUNS = ("gpt", "lstm")
 
@@ -23,7 +25,8 @@ RUNS = ("gpt", "lstm")
 @dataclass
 class CompareConfig:
     out_dir: str = "out/compare-pycode"
-    start: str = "\n"
+    start: str = ""  # the prompt; "" = the start of the dataset's test split (up to a line end)
+    data_dir: str = "data"
     temperatures: str = "0.5,1.0,1.5"
     max_new_tokens: int = 300  # per sample; decode tokens/s is measured on these (batch 1, on the CPU)
     seed: int = 1337
@@ -64,20 +67,37 @@ def plot(runs, out_dir):
         plt.close(fig)
 
 
+def test_prompt(data_dir, tokens=64):
+    """The first `tokens` tokens of the test split as text, cut after its last line end if it has one: a
+    real context both models continue (a bare newline lets a char model at a low temperature emit spaces)."""
+    meta = load_meta(data_dir)
+    text = Tokenizer.from_meta(meta).decode(open_split(data_dir, "test")[:tokens].tolist())
+    return text[:text.rfind("\n") + 1] or text
+
+
+def verdict(runs):
+    """One line: which run reached the lower val loss at equal wall clock, and by how much."""
+    (a, ra), (b, rb) = sorted(((run, runs[run][0]) for run in RUNS), key=lambda x: x[1]["val_loss"])
+    return (f"**{a}** reaches the lower val loss in the same {ra['wall_time_s'] / 60:.1f} minutes: "
+            f"{ra['val_loss']:.4f} against {b}'s {rb['val_loss']:.4f} ({rb['val_loss'] - ra['val_loss']:.4f} nats, "
+            f"{ra['val_bpb']:.3f} against {rb['val_bpb']:.3f} bits/byte).")
+
+
 def compare(cfg):
     runs = {run: read_run(os.path.join(cfg.out_dir, run)) for run in RUNS}
     samples, speeds = {}, {}
     temps = parse_temperatures(cfg.temperatures.split(","))  # with a clear error for a bad one
+    start = cfg.start or test_prompt(os.path.join(cfg.data_dir, runs["gpt"][0]["dataset"]))
     for run in RUNS:  # a Session, as sample.py generates: the same prompt, seed and temperatures for both
         gcfg = GenerationConfig(out_dir=os.path.join(cfg.out_dir, run), num_samples=1,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eot=False, device="cpu")
         gcfg.validate()
         session = Session(gcfg)
-        results = [session.generate(cfg.start, t) for t in temps]
+        results = [session.generate(start, t) for t in temps]
         for t, r in zip(temps, results):
-            samples[run, t] = cfg.start + r["samples"][0]
+            samples[run, t] = start + r["samples"][0]
         speeds[run] = max(r["decode_tok_s"] or 0.0 for r in results)
-    rows = [("model", lambda r, e: r["model"]), ("parameters", lambda r, e: f"{r['params']:,}"),
+    rows = [("parameters", lambda r, e: f"{r['params']:,}"),
             ("tokens seen", lambda r, e: f"{r['tokens_seen']:,}"),
             ("training tokens/s", lambda r, e: f"{r['tokens_seen'] / max(r['wall_time_s'], 1e-9):,.0f}"),
             ("train loss", lambda r, e: f"{r['train_loss']:.4f}"), ("val loss", lambda r, e: f"{r['val_loss']:.4f}"),
@@ -91,16 +111,16 @@ def compare(cfg):
     table += "| generation tokens/s (batch 1, CPU) | " + " | ".join(f"{speeds[r]:,.0f}" for r in RUNS) + " |\n"
     plot(runs, cfg.out_dir)
     dataset = runs["gpt"][0]["dataset"]
-    text = [f"# GPT vs LSTM on {dataset}\n", table,
+    text = [f"# GPT vs LSTM on {dataset}\n", f"{verdict(runs)}\n\n", table,
             "\n![loss against tokens](curves_tokens.png)\n![loss against wall time](curves_time.png)\n",
-            f"\n## Samples (prompt {cfg.start!r}, {cfg.max_new_tokens} new tokens, seed {cfg.seed})\n"]
+            f"\n## Samples (prompt {start!r}, {cfg.max_new_tokens} new tokens, seed {cfg.seed})\n"]
     for t in temps:
         for run in RUNS:
             text.append(f"\n### {run}, temperature {t}\n\n```\n{samples[run, t]}\n```\n")
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as f:
         f.write("".join(text))
-    print(table)
+    print(f"{verdict(runs)}\n\n{table}")
     print(f"wrote {path}")
     return path
 

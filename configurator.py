@@ -15,7 +15,9 @@ UserError is the one exception the entry points turn into a single line on stder
 import ast
 import dataclasses
 import difflib
+import inspect
 import os
+import re
 import sys
 import types
 import typing
@@ -26,12 +28,16 @@ class UserError(Exception):
 
 
 def cli(main):
-    """Run main(argv); a UserError becomes one line on stderr and exit code 2."""
+    """Run main(argv); a UserError becomes one line on stderr and exit code 2. Output piped into a
+    command that stops reading early (`| head`) ends the program quietly."""
     try:
         return main(sys.argv[1:])
     except UserError as e:
         print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)  # always one line
         sys.exit(2)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout again at exit
+        sys.exit(0)
 
 
 def _suggest(key, known):
@@ -103,25 +109,49 @@ def read_override_file(path):
             if not k.startswith("_") and not isinstance(v, types.ModuleType)}
 
 
+def field_comments(cls):
+    """{field: its end-of-line comment} from the source of a dataclass and the ones it extends."""
+    comments = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)", line)
+            if m:
+                comments[m[1]] = m[2]
+    return comments
+
+
 def print_help(defaults):
-    """The running script's docstring, then every config key with its type and default."""
+    """The running script's docstring, then every config key with its default, type and comment."""
     doc = getattr(sys.modules.get("__main__"), "__doc__", None)
     if doc:
         print(doc.strip() + "\n")
     print(f"{type(defaults).__name__} keys (--key=value):")
-    for name, typ in _field_types(defaults).items():
-        print(f"  --{name}={getattr(defaults, name)!r}  ({getattr(typ, '__name__', typ)})")
+    comments, types_ = field_comments(type(defaults)), _field_types(defaults)
+    own_first = [n for klass in type(defaults).__mro__ for n in getattr(klass, "__annotations__", {}) if n in types_]
+    for name in dict.fromkeys(own_first):
+        typ = types_[name]
+        kind = " | ".join(a.__name__ for a in typing.get_args(typ)) or getattr(typ, "__name__", str(typ))
+        flag = f"--{name}={getattr(defaults, name)!r}  ({kind})"
+        print(f"  {flag:<40} {comments.get(name, '')}".rstrip())
 
 
 def load_config(defaults, argv):
     """Apply override files then --key=value flags from argv to a copy of the dataclass `defaults`."""
     types_ = _field_types(defaults)
     values = dataclasses.asdict(defaults)
-    given = set()
+    given, repeated = set(), set()
 
     def apply(key, value, where):
         if key not in types_:
             raise UserError(f"{where}: unknown config key '{key}'{_suggest(key, list(types_))}")
+        if typing.get_origin(types_[key]) in (tuple, list) or types_[key] in (tuple, list):
+            if isinstance(value, str) and where.startswith("flag"):  # --stop=a --stop=b: a repeatable flag
+                value = (*(values[key] if key in repeated else ()), value)
+                repeated.add(key)
         values[key] = coerce(key, value, types_[key], where)
         given.add(key)
 

@@ -259,7 +259,7 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     seed: int = 1337
-    stop: str = ""  # stop a sample at this string (trimmed off); "" = none
+    stop: tuple = ()  # stop a sample at any of these strings (trimmed off); --stop=A --stop=B gives two
     eot: bool = True  # stop a sample at the tokenizer's end-of-text token, if it has one
     cache: bool = True  # KV cache / carried state; False recomputes the whole context every step
     slide: int = 0  # past block_size, the window drops this many oldest tokens when full (then one prefill);
@@ -272,8 +272,11 @@ class GenerationConfig:
     def validate(self):
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.num_samples < 1 or self.max_new_tokens < 0 or self.slide < 0:
-            raise UserError("top_k, max_new_tokens and slide must be >= 0 and num_samples >= 1")
+        for key in ("top_k", "max_new_tokens", "slide"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.quantize not in ("", "int8"):
             raise UserError(f"quantize must be int8 or empty (off), not '{self.quantize}'")
 
@@ -292,10 +295,12 @@ class Text:
         self.ids.append(token)
         self.text = self.text + self.piece(token) if self.piece else self.tok.decode(self.ids)
 
-    def find(self, stop):
-        at = self.text.find(stop, self._searched if self.piece else 0)
-        self._searched = max(0, len(self.text) - len(stop) + 1)
-        return at
+    def find(self, stops):
+        """Where the first of the stop strings starts in the text, or -1."""
+        start = self._searched if self.piece else 0
+        found = [at for at in (self.text.find(s, start) for s in stops) if at >= 0]
+        self._searched = max(0, len(self.text) - max(map(len, stops)) + 1)
+        return min(found, default=-1)
 
     def shown(self):
         """The text that can be shown: without the replacement characters an incomplete character decodes to."""
@@ -402,7 +407,7 @@ class Session:
             return shown  # the final text is echoed once generation ends
         end = len(text.shown())
         if self.cfg.stop:
-            end = min(end, len(text.text) - len(self.cfg.stop) + 1)  # could be the start of the stop string
+            end = min(end, len(text.text) - max(map(len, self.cfg.stop)) + 1)  # could start a stop string
         if end > shown:
             echo(text.text[shown:end])
             return end

@@ -202,11 +202,9 @@ def export_problems(kind, args, meta):
         problems.append("qk_norm=True (GPT-2 does not normalize queries and keys)")
     if args.get("activation", "gelu") not in TO_HF_ACTIVATION:
         problems.append(f"activation={args['activation']} (GPT-2's format takes {' or '.join(TO_HF_ACTIVATION)})")
-    if args.get("logit_softcap", 0.0) > 0:
-        problems.append(f"logit_softcap={args['logit_softcap']} (GPT-2 does not cap its logits)")
     # any other option this file does not know is refused unless it has GPTConfig's default value
     known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio",
-             "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation", "logit_softcap",
+             "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation",
              "zero_init"}  # (zero_init only sets the starting weights)
     defaults = GPTConfig.__dataclass_fields__
     problems += [f"{k}={v} (export does not know this option)" for k, v in args.items()

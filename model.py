@@ -11,11 +11,10 @@ Token embeddings plus positions (pos_emb: learned GPT-2 embeddings, fixed sinuso
 embeddings applied to queries and keys), pre-norm blocks (causal self-attention through
 scaled_dot_product_attention, with n_kv_head < n_head for grouped-query / multi-query attention,
 then an MLP), dropout, a final norm, output weights tied to the token embedding, N(0, 0.02) init
-with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2 and load
-checkpoints saved before the other options existed. The options since GPT-2 (the modded-nanogpt
-speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of each head's queries and keys),
-activation=relu2 (ReLU squared), zero_init (residual projections, and an untied head, start at 0)
-and logit_softcap (logits = c * tanh(logits / c)).
+with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2. The
+options since GPT-2 (the modded-nanogpt speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of
+each head's queries and keys), activation=relu2 (ReLU squared), zero_init (residual projections, and
+an untied head, start at 0).
 rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
 Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
 """
@@ -56,7 +55,6 @@ class GPTConfig:
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
     activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation) | relu2
     zero_init: bool = False  # residual projections (and an untied head) start at zero
-    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0 = off
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -71,8 +69,6 @@ class GPTConfig:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, not '{self.norm}'")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not '{self.activation}'")
-        if self.logit_softcap < 0:
-            raise UserError(f"logit_softcap must be >= 0 (0 = off), not {self.logit_softcap}")
 
     @property
     def kv_heads(self):
@@ -82,11 +78,11 @@ class GPTConfig:
 # GPT-2's choice (GPTConfig's default) for each option train.py's modern recipe changes: a config sets
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
-                                                 "logit_softcap", "bias", "tie_weights")}
+                                                 "bias", "tie_weights")}
 # train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, ReLU squared,
 # zero-initialized residual projections, no soft-capping, no biases, an untied head
 RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True,
-                   logit_softcap=0.0, bias=False, tie_weights=False)
+                   bias=False, tie_weights=False)
 
 
 class KVCache:
@@ -290,11 +286,7 @@ class GPT(nn.Module):
             x = block(x, cache, rope, where)
         if cache is not None:
             cache.pos.add_(T)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        if self.cfg.logit_softcap > 0:  # smoothly bounded to (-c, c), computed in fp32
-            c = self.cfg.logit_softcap
-            logits = c * torch.tanh(logits.float() / c)
-        return logits
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     def forward(self, idx, targets=None):
         if idx.size(1) > self.cfg.block_size:

@@ -38,7 +38,7 @@ class OptimConfig:
     lr: float = 4e-3  # the peak learning rate (AdamW's or SGD's)
     muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
     muon_momentum: float = 0.95  # muon: Nesterov momentum
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # decoupled, on the weight matrices only (not embeddings' biases, norms)
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
     eps: float = 1e-8  # adamw

@@ -3,7 +3,8 @@ Prepare a dataset: download it if needed, tokenize it, and write data/<name>/{tr
 (raw little-endian uint16 token ids) plus data/<name>/meta.json.
 
     python prepare.py                                    # pycode: this Python's stdlib source, char-level, offline
-    python prepare.py text --input=book.txt              # any UTF-8 file, 90/5/5; --tokenizer=gpt2 for BPE
+    python prepare.py text --input=book.txt              # any UTF-8 file -> data/book, 90/5/5; --tokenizer=gpt2
+    python prepare.py text --input=book.txt --like=out/quickstart   # tokenized exactly as a run's (to fine-tune it)
     python prepare.py enwik8                             # first 1e8 bytes of Wikipedia XML, byte-level (or char)
     python prepare.py wikitext2 --tokenizer=word         # WikiText-2 v1 (with <unk>); --variant=raw; gpt2 / char
     python prepare.py plwiki --n_docs=100000 --quality=HIGH   # SpeakLeash Polish Wikipedia, streamed, gpt2
@@ -42,7 +43,8 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from configurator import UserError, cli, load_config
-from dataloader import SPLITS
+from checkpoint import CKPT_BEST, load_checkpoint
+from dataloader import SPLITS, load_meta
 from tokenizer import NUM_THREADS, Tokenizer
 
 BATCH_CHARS = 1 << 20        # documents are tokenized in batches of about this many characters
@@ -75,6 +77,7 @@ class PrepareConfig:
     data_dir: str = "data"
     name: str = ""                  # output folder data_dir/name; default: the dataset (text: the input's stem)
     tokenizer: str = ""             # default: the dataset's own (see DATASETS)
+    like: str = ""                  # a run (out/RUN), checkpoint or prepared dataset: tokenize exactly as it did
     source: str = ""                # local copy (file, folder or zip) used instead of downloading
     input: str = ""                 # text: the UTF-8 file to prepare
     url: str = ""                   # replaces the download base URL of DOWNLOADS
@@ -530,15 +533,29 @@ def prepare(cfg):
     """Build data_dir/name from cfg (a PrepareConfig) and print what was written; returns meta."""
     t0 = time.time()
     source_fn, default_kind = DATASETS[cfg.dataset]
-    kind = cfg.tokenizer or default_kind
     name = cfg.name or (Path(cfg.input).stem if cfg.dataset == "text" and cfg.input else cfg.dataset)
     out_dir = Path(cfg.data_dir) / name
-    tok = None if kind in ("char", "word") else Tokenizer(kind)  # fail early, before any download
+    tok = tokenizer_like(cfg.like) if cfg.like else None
+    kind = tok.kind if tok else cfg.tokenizer or default_kind
+    if tok and cfg.tokenizer and cfg.tokenizer != kind:
+        raise UserError(f"--like={cfg.like} tokenizes with {kind}, not --tokenizer={cfg.tokenizer}: drop one of them")
+    if tok is None and kind not in ("char", "word"):
+        tok = Tokenizer(kind)  # fail early, before any download
+    if tok:
+        keep_other_datasets(out_dir, tok)
     src = source_fn(cfg, out_dir / "raw", kind)
     docs = src.docs
     if tok is None:
         docs = list(docs)
         tok = Tokenizer.build(kind, (d for _, d in docs))
+        keep_other_datasets(out_dir, tok)
+    elif tok.kind == "char":
+        docs = list(docs)
+        missing = sorted(set().union(*(set(_text_of(d)) for _, d in docs)) - set(tok.vocab))
+        if missing:
+            shown = " ".join(repr(c) for c in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise UserError(f"{len(missing)} character(s) of the input are not in {cfg.like}'s vocabulary of "
+                            f"{tok.vocab_size}: {shown}; remove or replace them in the input (nothing was written)")
     changed = [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
                if k != "dataset" and v != getattr(PrepareConfig, k)]
     src.info["command"] = " ".join(["python prepare.py", cfg.dataset] + changed)  # for "run it again" hints
@@ -549,6 +566,38 @@ def prepare(cfg):
               f"{st['tokens'] * 2 / 1e6:8.2f} MB {s}.bin")
     print(f"  done in {time.time() - t0:.1f} s")
     return meta
+
+
+def tokenizer_like(path):
+    """The exact tokenizer of a run (its directory or a checkpoint file) or of a prepared dataset."""
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return Tokenizer.from_meta(load_meta(path))
+    if os.path.isdir(path):
+        path = os.path.join(path, CKPT_BEST)
+    if not os.path.isfile(path):
+        raise UserError(f"--like={path} is neither a run (with {CKPT_BEST}), a checkpoint nor a prepared dataset")
+    meta = load_checkpoint(path)["meta"]
+    if meta.get("tokenizer") is None:
+        raise UserError(f"--like={path}: its checkpoint names no tokenizer this project has")
+    return Tokenizer.from_meta(meta)
+
+
+def keep_other_datasets(out_dir, tok):
+    """Refuse to overwrite a prepared dataset with one tokenized differently: runs trained on it need it."""
+    path = out_dir / "meta.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    new = tok.to_meta()
+    if (old.get("tokenizer"), old.get("vocab_size"), old.get("vocab")) != (new["tokenizer"], new["vocab_size"],
+                                                                              new.get("vocab")):
+        raise UserError(f"{out_dir} already holds a dataset tokenized with {old.get('tokenizer')} (vocab "
+                        f"{old.get('vocab_size')}), which runs trained on it need: pick another --name, or delete "
+                        f"{out_dir} first")
+
+
+def _text_of(doc):
+    return doc.decode("utf-8", errors="replace") if isinstance(doc, bytes) else doc
 
 
 def benchmark(mb=4.0, plwiki_mb=(8, 32)):

@@ -4,7 +4,7 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which).
     python sample.py                                   # out/quickstart, the run `make` trains
     python sample.py --temperature=1.5                 # hotter; 0 is greedy
     python sample.py --out_dir=out/enwik8 --start="The " --top_k=50 --top_p=0.9 --num_samples=5
-    python sample.py --start=FILE:prompt.txt --max_new_tokens=1000 --seed=7 --stop='\\n\\n'
+    python sample.py --start=FILE:prompt.txt --max_new_tokens=1000 --seed=7 --stop='\\n\\n' --stop='def '
     python sample.py --prompts=prompts.txt --temperatures=0.5,1.0,1.5   # grid -> out_dir/generations.json
     python sample.py --compile=True --quantize=int8    # compiled one-token step, int8 weights (see README)
     python sample.py --slide=1 --max_new_tokens=2000   # past block_size, every token sees a full window (slower)
@@ -13,7 +13,7 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which).
 The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
 divides the logits; top_k keeps the k likeliest tokens and top_p the smallest set whose probability
 reaches p (0 and 1.0 turn them off). All num_samples are generated as one batch; each stops at the
-stop string (backslash escapes understood; the string is trimmed off) or at the tokenizer's
+first of the stop strings (backslash escapes understood; the string is trimmed off) or at the tokenizer's
 end-of-text token, and generation ends when every sample has stopped. A single sample is printed
 token by token as it is generated (each new token decoded once). Prefill and decode speeds are
 reported after generating. The weights are cast once to the generation dtype (see
@@ -49,7 +49,7 @@ class SampleConfig(GenerationConfig):
             raise UserError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         super().validate()
         self.temperatures = parse_temperatures(self.temperatures)
-        self.stop = unescape(self.stop)  # typed on a command line: --stop='\n' is a newline
+        self.stop = tuple(unescape(s) for s in self.stop if s)  # typed on a command line: '\n' is a newline
 
 
 def unescape(text):

@@ -74,7 +74,6 @@ class TrainConfig(OptimConfig):
     qk_norm: bool = RECIPE_ARCH["qk_norm"]  # gpt: RMSNorm on each head's queries and keys
     activation: str = RECIPE_ARCH["activation"]  # gpt: the MLP's gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared)
     zero_init: bool = RECIPE_ARCH["zero_init"]  # gpt: residual projections (and an untied head) start at zero
-    logit_softcap: float = RECIPE_ARCH["logit_softcap"]  # gpt: logits = c * tanh(logits / c) for c > 0; 0 = off
     # batches
     batch_size: int = 16  # sequences per micro-step, in each process
     grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)

@@ -8,7 +8,6 @@ norm = "rmsnorm"
 qk_norm = True
 activation = "relu2"
 zero_init = True
-logit_softcap = 0.0
 tie_weights = False
 bias = False
 optimizer = "muon"
