@@ -6,6 +6,7 @@
 #   make data DATASET=enwik8   prepare a dataset (pycode, text, enwik8, wikitext2, plwiki); ARGS="--tokenizer=char"
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
 #   make sample OUT=out/quickstart ARGS="--temperature=1.5"
+#   make evaluate OUT=out/quickstart   score a run's best checkpoint on the whole val and test splits
 #   make bench                 training / tokenizer / generation throughput on this machine
 #   make compare DATASET=pycode BUDGET=1.5   GPT vs LSTM (its config layered on the GPT's), same data and minutes
 #                              each -> out/compare-<dataset>/report.md
@@ -36,12 +37,13 @@ DEPS := deps-external
 TEST_DEPS := deps-external-test
 endif
 
-.PHONY: all deps deps-external deps-external-test data train sample test stress bench compare clean
+.PHONY: all deps deps-external deps-external-test data train sample evaluate test stress bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
 	$(PYTHON) train.py config/quickstart.py
 	$(PYTHON) sample.py --out_dir=out/quickstart --num_samples=2 --max_new_tokens=400
+	@echo; echo "out/quickstart holds the run; its scores: out/quickstart/results.md$(if $(filter $(VENV)/bin/python,$(PYTHON)),. In a new shell first run: source $(VENV)/bin/activate)"
 
 deps: $(DEPS)
 
@@ -71,6 +73,9 @@ train: $(DEPS) $(if $(filter config/quickstart.py,$(CONFIG)),data/pycode/meta.js
 
 sample: $(DEPS)
 	$(PYTHON) sample.py --out_dir=$(OUT) $(ARGS)
+
+evaluate: $(DEPS)
+	$(PYTHON) evaluate.py --out_dir=$(OUT) $(ARGS)
 
 test: $(TEST_DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
