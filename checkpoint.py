@@ -144,6 +144,7 @@ def start(cfg):
     if cfg.init_from == "scratch":
         return cfg, None
     ckpt = _find(cfg)
+    model_from_checkpoint(ckpt)  # the weights must fit the model before anything is written
     kind = ckpt["model_kind"]
     with torch.device("meta"):  # every field of the model's config, its defaults filling in what args omit
         stored = build_model(kind, ckpt["model_args"]).cfg
@@ -158,7 +159,6 @@ def start(cfg):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in shape.items() if hasattr(cfg, k)})
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     check_same_tokenizer(ckpt, load_meta(data_dir), data_dir)
-    model_from_checkpoint(ckpt)  # the weights must fit the model before anything is written
     return cfg, ckpt
 
 

@@ -161,9 +161,10 @@ def load_config(defaults, argv):
             sys.exit(0)
         if arg.startswith("--"):
             key, eq, raw = arg[2:].partition("=")
-            if not eq:
+            key = key.replace("-", "_")
+            if not eq and types_.get(key) not in (bool, bool | None):
                 raise UserError(f"flag {arg} has no value: write --{key}=VALUE")
-            key, value = key.replace("-", "_"), parse_literal(raw)
+            value = parse_literal(raw) if eq else True  # a bare --flag of a bool key turns it on
             if types_.get(key) is str and not isinstance(value, str):
                 value = raw  # a str field takes the text as it is: --wandb_run_name=2024, --dataset=None
             apply(key, value, f"flag {arg}")

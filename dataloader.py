@@ -36,7 +36,7 @@ def load_meta(data_dir):
         raise UserError(f"{path} is not valid JSON ({e}): prepare the dataset again") from None
     if not isinstance(meta, dict) or meta.get("format") != 1:
         raise UserError(f"{path} is not format 1 meta.json (this code reads format 1): prepare it again")
-    if not {"tokenizer", "vocab_size", "splits"} <= set(meta) or not set(SPLITS) <= set(meta["splits"]):
+    if not {"tokenizer", "vocab_size", "splits"} <= set(meta) or not set(splits_of(meta)) <= set(meta["splits"]):
         raise UserError(f"{path} lacks tokenizer, vocab_size or a split's counts: prepare the dataset again")
     return meta
 
@@ -65,9 +65,17 @@ def open_split(data_dir, split, check_ids=False):
     return ids
 
 
+def splits_of(meta):
+    """The splits a prepared dataset has: instruction data (kind "sft") has no test split."""
+    return SPLITS[:2] if meta.get("kind") == "sft" else SPLITS
+
+
 def open_train_val(data_dir, block_size):
-    """meta.json and the train and val splits, checked (test.bin too, though it is read only at the end)."""
+    """meta.json and the train and val splits, checked (test.bin too, though it is read only at the end).
+    For instruction data (kind "sft") the splits are Examples."""
     meta = load_meta(data_dir)
+    if meta.get("kind") == "sft":
+        return meta, *(Examples(data_dir, s, block_size) for s in ("train", "val"))
     train_data, val_data = (open_split(data_dir, s, check_ids=True) for s in ("train", "val"))
     open_split(data_dir, "test")  # a missing test.bin should not wait for the end of the run
     for name, data in (("train", train_data), ("val", val_data)):
@@ -107,6 +115,64 @@ def windows(data, starts, block_size):
     x = np.stack([data[s:s + block_size] for s in starts]).astype(np.int64)
     y = np.stack([data[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class Examples:
+    """The whole examples of an instruction split (prepare.py sft), each one row of a batch: inputs are
+    its tokens but the last, targets the tokens after, -1 where the mask is 0 (the prompt) and where the
+    row is padded to the batch's longest example (at most block_size). One example per row, so no
+    example's tokens attend to another's; the loss falls on the assistant's tokens only."""
+
+    def __init__(self, data_dir, split, block_size):
+        self.ids = open_split(data_dir, split, check_ids=True)
+        path = Path(data_dir)
+        try:
+            self.mask = np.memmap(path / f"{split}.mask", dtype=np.uint8, mode="r")
+            self.starts = np.fromfile(path / f"{split}.idx", dtype=np.int64)
+        except (OSError, ValueError):
+            raise UserError(f"{path} lacks {split}.mask or {split}.idx: prepare it again with prepare.py sft") from None
+        if len(self.mask) != len(self.ids) or len(self.starts) < 2 or self.starts[-1] != len(self.ids):
+            raise UserError(f"{path}'s {split}.mask or {split}.idx does not match {split}.bin: prepare it again")
+        self.block_size = block_size
+
+    def __len__(self):
+        return len(self.starts) - 1
+
+    def batch(self, indices):
+        """(x, y) int64 (B, L) of these examples, L the longest's length - 1 (at most block_size)."""
+        rows = [(self.starts[i], min(self.starts[i + 1], self.starts[i] + self.block_size + 1)) for i in indices]
+        L = max(e - s for s, e in rows) - 1
+        x = np.zeros((len(rows), L), dtype=np.int64)
+        y = np.full((len(rows), L), -1, dtype=np.int64)
+        for r, (s, e) in enumerate(rows):
+            x[r, :e - s - 1] = self.ids[s:e - 1]
+            y[r, :e - s - 1] = np.where(self.mask[s + 1:e] > 0, self.ids[s + 1:e].astype(np.int64), -1)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def targets(self, indices):
+        """How many tokens of these examples are trained on (their masked targets within block_size)."""
+        return sum(int(self.mask[s + 1:min(e, s + self.block_size + 1)].sum())
+                   for s, e in ((self.starts[i], self.starts[i + 1]) for i in indices))
+
+
+class ExampleBatches:
+    """Batches's stream, over whole examples: each step draws grad_accum * batch_size example indices
+    from a generator of its own (the same for every process; process `rank` takes its micro-batches), and
+    step_targets counts the trained tokens of the whole step, so each micro-batch's loss can be weighted
+    by its share: the step's loss is the mean over all of its assistant tokens."""
+
+    def __init__(self, examples, batch_size, seed, grad_accum=1, rank=0, world=1):
+        self.examples, self.batch_size = examples, batch_size
+        self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
+        self.gen = torch.Generator().manual_seed(seed)
+        self.pending, self.step_targets = [], 0
+
+    def next(self):
+        if not self.pending:
+            ix = torch.randint(len(self.examples), (self.grad_accum, self.batch_size), generator=self.gen).tolist()
+            self.step_targets = sum(self.examples.targets(row) for row in ix)
+            self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        return self.examples.batch(self.pending.pop(0))
 
 
 def fixed_starts(n_tokens, block_size, count, seed):

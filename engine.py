@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hf
+from chat import TEMPLATE_NAME, Template
 from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
 from common import resolve_device, resolve_dtype
 from configurator import UserError
@@ -324,6 +325,9 @@ class Session:
             self.path = os.path.join(cfg.out_dir, cfg.ckpt)
             self.ckpt = load_checkpoint(self.path)
         self.tok = Tokenizer.from_meta(self.ckpt["meta"])
+        tuned = self.ckpt["meta"].get("template") == TEMPLATE_NAME  # fine-tuned on instructions (prepare.py sft)
+        self.template = Template(self.tok) if tuned else None
+        self.eot = self.template.eot if tuned else self.tok.eot_token
         model = model_from_checkpoint(self.ckpt).to(self.device).eval()
         if cfg.dtype == "auto":
             self.dtype = generation_dtype(self.dtype, self.device, model)
@@ -335,17 +339,22 @@ class Session:
         if cfg.compile:
             compile_step(self.model, self.device)
 
-    def generate(self, prompt, temperature, echo=None):
+    def generate(self, prompt, temperature, echo=None, messages=None):
         """num_samples completions of prompt (text without the prompt) and the speeds, as a dict.
-        echo(text) receives the first sample's text as it grows, piece by piece."""
+        echo(text) receives the first sample's text as it grows, piece by piece. An instruction-tuned run
+        (self.template) answers prompt as a user's turn, or the conversation `messages` (ending with the
+        user's turn), and stops at the end of its turn."""
         cfg, tok = self.cfg, self.tok
-        ids = tok.encode(prompt)
+        if self.template:
+            ids = self.template.prompt(messages or [{"role": "user", "content": prompt}])
+        else:
+            ids = tok.encode(prompt)
         if not ids:
             raise UserError("the prompt is empty after tokenization; give --start some text")
         B = cfg.num_samples
         idx = torch.tensor([ids] * B, dtype=torch.long, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        eot = tok.eot_token if cfg.eot else None
+        eot = self.eot if cfg.eot else None
         texts = [Text(tok) for _ in range(B)]  # each sample's tokens and text, up to its stop
         cuts = [None] * B  # where a sample's text is cut at the stop string
         done = [False] * B

@@ -28,6 +28,7 @@ class EvaluateConfig:
     dataset: str = ""  # a prepared dataset with the run's tokenizer; "" = the run's own
     data_dir: str = "data"
     max_tokens: int = 0  # tokens of each split to score; 0 = all
+    eval_file: str = ""  # instruction data (Alpaca/chat): also the greedy exact match of its answers
     batch_size: int = 0  # windows per forward pass; 0 = the run's
     device: str = "auto"
     dtype: str = "auto"
@@ -51,7 +52,7 @@ def evaluate(cfg):
     info = {"model": ckpt["model_kind"], "iters": ckpt["iter"], "tokens_seen": ckpt.get("tokens"),
             "wall_time_s": round(ckpt.get("elapsed_s", 0.0), 1)}
     results = score_run(cfg.out_dir, data_dir, meta, cfg.batch_size or run["batch_size"], run["block_size"],
-                        env.device, env.dtype, cfg.max_tokens, cfg.ckpt, run_info=info)
+                        env.device, env.dtype, cfg.max_tokens, cfg.ckpt, run_info=info, eval_file=cfg.eval_file)
     del ckpt
     own = dataset == run["dataset"]
     stem = "results" if own else f"results-{dataset}"

@@ -3,11 +3,11 @@ Scoring a model: the loss on fixed windows that training logs, the loss over who
 run's results report, what those losses mean (perplexity, bits per token, bits per byte), and the
 files that hold them (results.json, results.md, learning_curves.png).
 
-    loss = estimate_loss(model, data, starts, batch_size, block_size, device, dtype)  # fixed windows
+    loss = mean_loss(model, window_batches(data, starts, batch_size, block_size), device, dtype)  # fixed windows
     loss, n = evaluate_split(model, data, batch_size, block_size, device, dtype)      # every token once
     results = score_run(out_dir, data_dir, ...)       # a run's best checkpoint on train sample, val, test
 
-The two losses estimate different things. estimate_loss (the `eval` lines, metrics.jsonl, the curves)
+The two losses estimate different things. mean_loss over fixed windows (the `eval` lines, the curves)
 averages eval_iters x batch_size windows drawn once at random, each prediction seeing its window's
 context so far. evaluate_split scores every token of a split once, in consecutive windows of block_size
 (a window's first tokens see less context), and is what results report, for the best checkpoint.
@@ -21,48 +21,69 @@ import torch
 
 from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
 from common import StopFlag, autocast, fmt_time, print0
-from dataloader import open_split, windows
+from chat import Template, read_examples
+from dataloader import Examples, open_split, splits_of, windows
+from engine import stream
+from tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def estimate_loss(model, data, starts, batch_size, block_size, device, dtype):
-    """Mean loss over the windows starting at `starts`, in batches of batch_size."""
+def mean_loss(model, batches, device, dtype, stop=None):
+    """(the mean loss over every target token (>= 0) of an iterable of (x, y) batches, how many were
+    scored); once stop (a StopFlag) is requested, what was scored so far (None if nothing)."""
     model.eval()
-    losses = []
-    for i in range(0, len(starts), batch_size):
-        x, y = windows(data, starts[i:i + batch_size], block_size)
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item() * len(x))
-    model.train()
-    return sum(losses) / len(starts)
-
-
-@torch.no_grad()
-def evaluate_split(model, data, batch_size, block_size, device, dtype, max_tokens=0, stop=None):
-    """Mean loss over a whole split (or its first max_tokens), every token scored once, in consecutive
-    windows of block_size. Returns (loss, tokens scored); once stop (a StopFlag) is requested, what was
-    scored so far (loss None if nothing)."""
-    model.eval()
-    n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
-    T = block_size
-    starts = list(range(0, n - T + 1, T))
-    if n - len(starts) * T > 0:
-        starts.append(len(starts) * T)  # the last, shorter window
     total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
+    for x, y in batches:
         if stop and stop.requested:
             break
-        batch = starts[i:i + batch_size]
-        full = [s for s in batch if s + T <= n]
-        for group, length in ((full, T), ([s for s in batch if s + T > n], n % T)):
-            if group:
-                x, y = windows(data, group, length)
-                with autocast(device, dtype):
-                    _, loss = model(x.to(device), y.to(device))  # the mean over the batch's tokens
-                total, count = total + loss.item() * y.numel(), count + y.numel()
+        with autocast(device, dtype):
+            _, loss = model(x.to(device), y.to(device))  # the mean over the batch's target tokens
+        n = int((y >= 0).sum())
+        total, count = total + loss.item() * n, count + n
     model.train()
     return (total / count if count else None), count
+
+
+def window_batches(data, starts, batch_size, block_size):
+    """The (x, y) batches of windows starting at `starts` (estimate_loss's fixed windows)."""
+    return (windows(data, starts[i:i + batch_size], block_size) for i in range(0, len(starts), batch_size))
+
+
+def example_batches(examples, indices, batch_size):
+    """The (x, y) batches of these whole examples (instruction data)."""
+    return (examples.batch(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size))
+
+
+def evaluate_split(model, data, batch_size, block_size, device, dtype, max_tokens=0, stop=None):
+    """Mean loss over a whole split (or its first max_tokens), every token scored once, in consecutive
+    windows of block_size (the last one shorter). Returns (loss, tokens scored), as mean_loss."""
+    n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
+    starts = list(range(0, n, block_size))
+    full = [s for s in starts if s + block_size <= n]
+    batches = [windows(data, full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)]
+    if n % block_size:
+        batches.append(windows(data, [starts[-1]], n % block_size))
+    return mean_loss(model, iter(batches), device, dtype, stop)
+
+
+@torch.no_grad()
+def exact_match(model, template, examples, device, dtype, extra_tokens=2):
+    """The fraction of conversations whose last assistant turn the model reproduces exactly, greedily, from
+    the turns before it: generation stops at the end-of-turn token or extra_tokens past the answer's length."""
+    model.eval()
+    hits = 0
+    for messages in examples:
+        answer = messages[-1]["content"]
+        idx = torch.tensor([template.prompt(messages[:-1])], device=device)
+        got = []
+        with autocast(device, dtype):
+            for nxt in stream(model, idx, len(template.tok.encode(answer)) + extra_tokens, temperature=0):
+                if nxt.item() == template.eot:
+                    break
+                got.append(nxt.item())
+        hits += template.tok.decode(got).strip() == answer.strip()
+    model.train()
+    return hits / max(len(examples), 1)
 
 
 def metrics_for(loss, split_stats):
@@ -75,11 +96,13 @@ def metrics_for(loss, split_stats):
 # ----------------------------------------------------------------------------- a run's results
 
 def score_run(out_dir, data_dir, meta, batch_size, block_size, device, dtype, max_tokens=0, ckpt_name=CKPT_BEST,
-              run_info=None):
+              run_info=None, eval_file=""):
     """Score out_dir's checkpoint on the train sample, val and test splits of data_dir. The train split is
-    large: as many of its tokens are scored as of val. max_tokens > 0 caps each split. SIGINT/SIGTERM
-    cut the scoring short: the results then hold what was scored (a split not reached scores null) with
-    final_eval_cut true. Returns the results dict (run_info's entries first)."""
+    large: as many of its tokens are scored as of val. max_tokens > 0 caps each split. Instruction data
+    (kind "sft") is scored on its assistant tokens, val and as many train examples, and with an eval_file
+    on the greedy exact match of its answers. SIGINT/SIGTERM cut the scoring short: the results then hold
+    what was scored (a split not reached scores null) with final_eval_cut true. Returns the results dict
+    (run_info's entries first)."""
     ckpt = load_checkpoint(os.path.join(out_dir, ckpt_name))
     model = model_from_checkpoint(ckpt).to(device)
     results = {"params": model.num_params(), **(run_info or {}), "dataset": meta["dataset"], "checkpoint": ckpt_name,
@@ -87,15 +110,29 @@ def score_run(out_dir, data_dir, meta, batch_size, block_size, device, dtype, ma
     stop = StopFlag("cutting the evaluation short, keeping what was scored")
     print0(f"evaluating {ckpt_name} (step {ckpt['iter']}) on {meta['dataset']}: the train sample, val and test "
            f"(Ctrl-C or SIGTERM cuts it short)")
+    sft = meta.get("kind") == "sft"
     try:
-        for split in ("train", "val", "test"):
-            data = open_split(data_dir, split)
-            cap = max_tokens if split != "train" else (max_tokens or meta["splits"]["val"]["tokens"])
-            loss, n = evaluate_split(model, data, batch_size, block_size, device, dtype, cap, stop)
+        for split in splits_of(meta):
+            if sft:
+                examples = Examples(data_dir, split, block_size)
+                chosen = list(range(len(examples) if split != "train" else min(len(examples), meta["splits"]["val"]["examples"])))
+                loss, n = mean_loss(model, example_batches(examples, chosen, batch_size), device, dtype, stop)
+                total = examples.targets(range(len(examples)))
+            else:
+                data = open_split(data_dir, split)
+                cap = max_tokens if split != "train" else (max_tokens or meta["splits"]["val"]["tokens"])
+                loss, n = evaluate_split(model, data, batch_size, block_size, device, dtype, cap, stop)
+                total = max(len(data) - 1, 0)
             m = metrics_for(loss, meta["splits"][split]) if n else dict.fromkeys(("ppl", "bpb", "bits_per_token"))
+            if sft:  # the assistant's tokens are not the split's text: no bytes to divide by
+                m["bpb"] = None
             results.update({f"{split}_loss": loss, f"{split}_perplexity": m["ppl"], f"{split}_bpb": m["bpb"],
                             f"{split}_bits_per_token": m["bits_per_token"], f"{split}_tokens_scored": n,
-                            f"{split}_tokens": max(len(data) - 1, 0)})
+                            f"{split}_tokens": total})
+        if eval_file and not stop.requested:
+            template = Template(Tokenizer.from_meta(meta))
+            results["exact_match"] = exact_match(model, template, read_examples(eval_file), device, dtype)
+            results["exact_match_file"] = eval_file
     finally:
         stop.restore()
     results["final_eval_cut"] = stop.requested
@@ -106,10 +143,14 @@ def results_table(results):
     """results.md's tables: the splits (val first: the one runs are compared on), then the run."""
     rows = ["| split | loss (nats/token) | perplexity | bits/byte | tokens scored |", "|:---|--:|--:|--:|--:|"]
     for split, name in (("val", "val"), ("test", "test"), ("train", "train (sample)")):
+        if f"{split}_tokens" not in results:
+            continue  # instruction data has no test split
         n, total = results[f"{split}_tokens_scored"], results[f"{split}_tokens"]
         share = "all" if n >= total else f"{n / max(total, 1):.0%}"
         rows.append(f"| {name} | {_cell(results[f'{split}_loss'])} | {_cell(results[f'{split}_perplexity'], 2)} | "
                     f"{_cell(results[f'{split}_bpb'])} | {n:,} of {total:,} ({share}) |")
+    if "exact_match" in results:
+        rows.append(f"\nGreedy exact match on {results['exact_match_file']}: **{results['exact_match']:.1%}**")
     run = [("model", results.get("model")), ("parameters", results.get("params")),
            ("checkpoint", f"{results['checkpoint']} (step {results['checkpoint_step']:,})"),
            ("steps", results.get("iters")), ("tokens seen", results.get("tokens_seen")),
@@ -120,7 +161,7 @@ def results_table(results):
 
 def write_results(out_dir, results, title, stem="results"):
     """out_dir/{stem}.json and {stem}.md; returns the markdown."""
-    partial = [s for s in ("val", "test") if results[f"{s}_tokens_scored"] < results[f"{s}_tokens"]]
+    partial = [s for s in ("val", "test") if f"{s}_tokens" in results and results[f"{s}_tokens_scored"] < results[f"{s}_tokens"]]
     notes = []
     if results["final_eval_cut"]:
         notes.append(f"**The evaluation was cut short**: {stem}.json holds what was scored; `python evaluate.py "

@@ -5,7 +5,7 @@ its LR range test and bench.py all take.
     cfg = OptimConfig(optimizer="muon", lr=4e-3, schedule="wsd")
     optimizers = make_optimizers(cfg, model, device)
     set_schedule(optimizers, get_lr(it, progress, cfg), progress, cfg)
-    loss = train_step(model, batches.next, 1, optimizers, scaler, cfg, device, dtype)
+    loss = train_step(model, batches, 1, optimizers, scaler, cfg, device, dtype)
 
 muon (the default) is torch.optim.Muon for the hidden weight matrices and AdamW for the rest; adamw and
 sgd are one optimizer each. Every schedule is a pure function of the step and of progress, the fraction
@@ -188,7 +188,8 @@ def objective(model, x, y, cfg):
     if cfg.label_smoothing == 0:
         return model(x, y)[1]
     logits, _ = model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), label_smoothing=cfg.label_smoothing)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), label_smoothing=cfg.label_smoothing,
+                           ignore_index=-1)
 
 
 def optimizer_step(optimizers, scaler, model, grad_clip):
@@ -207,19 +208,26 @@ def optimizer_step(optimizers, scaler, model, grad_clip):
 
 
 
-def train_step(model, next_batch, micro_steps, optimizers, scaler, cfg, device, dtype, raw=None):
-    """One optimizer step: micro_steps forward and backward passes on next_batch() (under DDP the
+def train_step(model, batches, micro_steps, optimizers, scaler, cfg, device, dtype, raw=None, world=1):
+    """One optimizer step: micro_steps forward and backward passes on batches.next() (under DDP the
     gradients are averaged in the last one only), then clip, step and clear (optimizer_step). `raw` is the
-    model whose gradients are clipped when `model` is a wrapper (DDP, compile). Returns the sum of the
-    micro-steps' losses, a device tensor (reading it would wait for the device)."""
+    model whose gradients are clipped when `model` is a wrapper (DDP, compile). Each micro-batch's mean
+    loss counts by its share of the step: 1 / micro_steps, or, where targets are masked (instruction
+    data: batches.step_targets counts the step's trained tokens over all `world` processes), its trained
+    tokens over the step's. Returns this process's share of the step's loss, a device tensor (reading it
+    would wait for the device)."""
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     loss_sum = torch.zeros((), device=device)
     for micro in range(micro_steps):
-        x, y = (t.to(device, non_blocking=True) for t in next_batch())
+        x, y = batches.next()
+        share = 1 / micro_steps
+        if getattr(batches, "step_targets", None):  # DDP averages over processes: * world makes it a sum
+            share = int((y >= 0).sum()) * world / batches.step_targets
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with model.no_sync() if ddp and micro < micro_steps - 1 else contextlib.nullcontext():
             with autocast(device, dtype):
                 loss = objective(model, x, y, cfg)
-            scaler.scale(loss / micro_steps).backward()
-        loss_sum += loss.detach()
+            scaler.scale(loss * share).backward()
+        loss_sum += loss.detach() * share
     optimizer_step(optimizers, scaler, raw if raw is not None else model, cfg.grad_clip)
     return loss_sum

@@ -9,6 +9,7 @@ Prepare a dataset: download it if needed, tokenize it, and write data/<name>/{tr
     python prepare.py wikitext2 --tokenizer=word         # WikiText-2 v1 (with <unk>); --variant=raw; gpt2 / char
     python prepare.py plwiki --n_docs=100000 --quality=HIGH   # SpeakLeash Polish Wikipedia, streamed, gpt2
     python prepare.py wikitext2 --source=wikitext-2-v1.zip    # any download can be replaced by a local copy
+    python prepare.py sft --input=alpaca.json --like=out/quickstart   # instruction data for a run (see chat.py)
     python prepare.py bench                              # tokenizer MB/s and streaming peak memory
 
 Keys (--key=value or a config/*.py file): data_dir, name, tokenizer (char | byte | gpt2 | word | hf:NAME),
@@ -43,6 +44,7 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from configurator import UserError, cli, load_config
+from chat import TEMPLATE_NAME, Template, read_examples
 from checkpoint import CKPT_BEST, load_checkpoint
 from dataloader import SPLITS, load_meta
 from tokenizer import NUM_THREADS, Tokenizer
@@ -78,6 +80,8 @@ class PrepareConfig:
     name: str = ""                  # output folder data_dir/name; default: the dataset (text: the input's stem)
     tokenizer: str = ""             # default: the dataset's own (see DATASETS)
     like: str = ""                  # a run (out/RUN), checkpoint or prepared dataset: tokenize exactly as it did
+    max_tokens: int = 0             # sft: longest example kept (tokens); 0 = the --like run's block_size + 1, else 1025
+    overlong: str = "drop"          # sft: what happens to a longer example: drop | truncate
     source: str = ""                # local copy (file, folder or zip) used instead of downloading
     input: str = ""                 # text: the UTF-8 file to prepare
     url: str = ""                   # replaces the download base URL of DOWNLOADS
@@ -91,8 +95,8 @@ class PrepareConfig:
     seed: int = 0                   # plwiki: seed of the by-document split
 
     def validate(self):
-        if self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS and self.dataset != "sft":
+            raise UserError(f"unknown dataset '{self.dataset}': choose one of {', '.join(DATASETS)} or sft")
         for key in ("val_frac", "test_frac"):
             value = getattr(self, key)
             if value is not None and not 0 < value < 0.5:
@@ -101,6 +105,8 @@ class PrepareConfig:
             raise UserError(f"variant must be v1 or raw, got '{self.variant}'")
         if self.n_docs < 3 or self.n_val < 1 or self.n_test < 1:
             raise UserError("n_docs must be at least 3, n_val and n_test at least 1")
+        if self.overlong not in ("drop", "truncate") or self.max_tokens < 0:
+            raise UserError(f"overlong must be drop or truncate (not '{self.overlong}') and max_tokens >= 0")
 
 
 # ----------------------------------------------------------------------------- writing .bin
@@ -568,6 +574,78 @@ def prepare(cfg):
     return meta
 
 
+def prepare_sft(cfg):
+    """Instruction data (Alpaca or chat, .json or .jsonl) rendered with chat.py's template and tokenized as
+    the base run was: data_dir/name/{train,val}.bin (tokens), .mask (uint8, 1 where the loss falls) and
+    .idx (int64: where each example starts, then the end), and meta.json (kind "sft")."""
+    t0 = time.time()
+    if not cfg.input:
+        raise UserError("sft needs --input=FILE (Alpaca or chat records, .json or .jsonl) and --like=out/RUN "
+                        "(or --tokenizer=gpt2|byte|hf:NAME)")
+    name = cfg.name or Path(cfg.input).stem
+    out_dir = Path(cfg.data_dir) / name
+    like = tokenizer_like(cfg.like) if cfg.like else None
+    if like is None and cfg.tokenizer in ("", "char", "word"):
+        raise UserError("sft: a char or word vocabulary comes from the run it fine-tunes: give --like=out/RUN")
+    tok = like or Tokenizer(cfg.tokenizer)
+    keep_other_datasets(out_dir, tok)
+    template = Template(tok)
+    examples = read_examples(cfg.input)
+    limit = cfg.max_tokens or (_block_size_of(cfg.like) or 1024) + 1
+    rng = random.Random(cfg.seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    n_val = max(1, round(len(examples) * (cfg.val_frac if cfg.val_frac is not None else 0.05)))
+    if len(examples) < 2:
+        raise UserError(f"{cfg.input} has {len(examples)} example: sft needs at least 2 (train and val)")
+    splits = {"val": order[:n_val], "train": order[n_val:]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats, cut = {}, {"dropped": 0, "truncated": 0}
+    for split, chosen in splits.items():
+        ids, mask, starts = [], [], [0]
+        for i in sorted(chosen):
+            e_ids, e_mask = template.render(examples[i])
+            if len(e_ids) > limit:
+                cut["dropped" if cfg.overlong == "drop" else "truncated"] += 1
+                if cfg.overlong == "drop":
+                    continue
+                e_ids, e_mask = e_ids[:limit], e_mask[:limit]
+            ids += e_ids
+            mask += e_mask
+            starts.append(len(ids))
+        if len(starts) == 1:
+            raise UserError(f"every {split} example is longer than {limit} tokens (--max_tokens), so none is left: "
+                            f"raise --max_tokens or use --overlong=truncate")
+        for suffix, array in (("bin", np.array(ids, dtype=np.uint16)), ("mask", np.array(mask, dtype=np.uint8)),
+                              ("idx", np.array(starts, dtype=np.int64))):
+            array.tofile(out_dir / f"{split}.{suffix}.tmp")
+            os.replace(out_dir / f"{split}.{suffix}.tmp", out_dir / f"{split}.{suffix}")
+        stats[split] = {"tokens": len(ids), "bytes": len(tok.decode(ids).encode("utf-8")), "examples": len(starts) - 1,
+                        "trained_tokens": int(sum(mask))}
+    meta = {"format": 1, "dataset": name, "kind": "sft", **tok.to_meta(), "template": TEMPLATE_NAME,
+            "eot": template.eot, "max_tokens": limit, "overlong": cfg.overlong, **cut, "splits": stats,
+            "source": {"input": str(Path(cfg.input).resolve()), "sha256": _sha256(cfg.input), "like": cfg.like,
+                       "command": f"python prepare.py sft --input={cfg.input}" + (f" --like={cfg.like}" if cfg.like else
+                                                                                   f" --tokenizer={tok.kind}")},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (out_dir / "meta.json.tmp").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(out_dir / "meta.json.tmp", out_dir / "meta.json")
+    print(f"{out_dir}: {len(examples)} examples, {tok.kind} tokenizer, template {TEMPLATE_NAME}")
+    for s, st in stats.items():
+        print(f"  {s:5s} {st['examples']:>7,} examples {st['tokens']:>11,} tokens ({st['trained_tokens']:,} trained)")
+    print(f"  over {limit} tokens: {cut['dropped']} dropped, {cut['truncated']} truncated (--overlong={cfg.overlong})")
+    print(f"  done in {time.time() - t0:.1f} s")
+    return meta
+
+
+def _block_size_of(like):
+    """The block_size of a run or checkpoint --like names (None for a prepared dataset or nothing)."""
+    path = os.path.join(like, CKPT_BEST) if like and os.path.isdir(like) else like
+    if not path or not os.path.isfile(path):
+        return None
+    return load_checkpoint(path)["config"]["block_size"]
+
+
 def tokenizer_like(path):
     """The exact tokenizer of a run (its directory or a checkpoint file) or of a prepared dataset."""
     if os.path.isfile(os.path.join(path, "meta.json")):
@@ -667,7 +745,8 @@ def main(argv):
         return
     if argv and not argv[0].startswith("--") and not argv[0].endswith(".py"):
         argv = [f"--dataset={argv[0]}"] + argv[1:]
-    prepare(load_config(PrepareConfig(), argv))
+    cfg = load_config(PrepareConfig(), argv)
+    prepare_sft(cfg) if cfg.dataset == "sft" else prepare(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Sample text from a trained run (GPT or LSTM; the checkpoint says which).
     python sample.py --compile=True --quantize=int8    # compiled one-token step, int8 weights (see README)
     python sample.py --slide=1 --max_new_tokens=2000   # past block_size, every token sees a full window (slower)
     python sample.py --init_from=gpt2 --start="Hello"  # OpenAI's GPT-2 (gpt2-medium, -large, -xl; hf:DIR offline)
+    python sample.py --out_dir=out/sft --chat          # talk to an instruction-tuned run (stdin: a line a turn)
+    python sample.py --out_dir=out/sft --instruction="Reverse apple"   # one turn: prints the answer
 
 The tokenizer comes from the checkpoint (prepare.py's meta.json is stored in it). Temperature
 divides the logits; top_k keeps the k likeliest tokens and top_p the smallest set whose probability
@@ -23,8 +25,10 @@ half; see engine.window_slide). With --init_from (GPT-2's weights, see hf.py) th
 the tokenizer is gpt2. Generation itself is engine.py's (a Session); the speed benchmark is
 `python bench.py generate`.
 """
+import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 from configurator import UserError, cli, load_config
@@ -43,6 +47,9 @@ class SampleConfig(GenerationConfig):
     temperatures: tuple = ()  # e.g. --temperatures=0.5,1.0,1.5: generate at each (the grid)
     output: str = ""  # where the grid's JSON goes; "" = out_dir/generations.json
     stream: bool = True  # print a single sample token by token as it is generated
+    chat: bool = False  # talk to an instruction-tuned run: your lines (stdin) and its answers, turn by turn
+    instruction: str = ""  # one instruction to an instruction-tuned run: prints its answer
+    system: str = ""  # chat and instruction: a system message first
 
     def validate(self):
         if self.temperature < 0:
@@ -142,8 +149,37 @@ def show(text, width=TABLE_WIDTH):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def chat(cfg, lines, say=print):
+    """A conversation with an instruction-tuned run: each line is the user's turn, and the model answers
+    it, seeing every turn before (generation stops at its end-of-turn token). Returns the messages."""
+    session = Session(dataclasses.replace(cfg, num_samples=1, stop=cfg.stop))
+    if session.template is None:
+        raise UserError(f"{session.path} was not fine-tuned on instructions (its data has no chat template), so "
+                        f"it only continues text: fine-tune it first (prepare.py sft, README), or drop --chat")
+    messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    interactive = sys.stdin.isatty() and lines is sys.stdin
+    for line in lines:
+        if interactive and line.strip() in ("/quit", "/exit"):
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\r\n")})
+        r = session.generate("", cfg.temperature, messages=messages)
+        messages.append({"role": "assistant", "content": r["samples"][0]})
+        say(f"assistant: {r['samples'][0]}")
+        if interactive:
+            print("you: ", end="", flush=True)
+    return messages
+
+
 def main(argv):
     cfg = parse_args(argv)
+    if cfg.chat or cfg.instruction:
+        if sys.stdin.isatty() and cfg.chat:
+            print("Chat with the model (an empty line is skipped; /quit or Ctrl-D ends it).\nyou: ", end="", flush=True)
+        chat(cfg, [cfg.instruction] if cfg.instruction else sys.stdin,
+             say=(lambda text: print(text.removeprefix("assistant: "))) if cfg.instruction else print)
+        return
     if cfg.prompts or cfg.temperatures:
         doc, output = grid(cfg)
         which = f" (first of {cfg.num_samples} samples)" if cfg.num_samples > 1 else ""

@@ -40,8 +40,11 @@ import checkpoint
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
 from common import Env, StopFlag, fmt_time, gather_states, print0, resolve_compile, setup, teardown
 from configurator import UserError, cli, load_config
-from dataloader import Batches, fixed_starts, load_meta, open_split, open_train_val
-from metrics import estimate_loss, metrics_for, plot_curves, score_run, write_results
+from chat import Template, read_examples
+from dataloader import Batches, ExampleBatches, Examples, fixed_starts, load_meta, open_split, open_train_val
+from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
+                     write_results)
+from tokenizer import Tokenizer
 from model import RECIPE_ARCH, build_model
 from optim import OptimConfig, get_lr, make_optimizers, progress_of, set_schedule, train_step
 
@@ -87,6 +90,7 @@ class TrainConfig(OptimConfig):
     eval_iters: int = 20  # batches of fixed val (and train) windows each evaluation averages
     log_interval: int = 50  # steps between lines of training loss and speed
     final_eval_tokens: int = 0  # tokens of val/test the final evaluation scores; 0 = the whole splits
+    eval_file: str = ""  # instruction data (Alpaca/chat): the greedy exact match of its answers at each evaluation
     wandb_log: bool = False  # also log to Weights & Biases
     wandb_project: str = "smallgpt"
     wandb_run_name: str = ""
@@ -127,8 +131,8 @@ class State:
     train_model: torch.nn.Module  # what training calls: under DDP, a wrapper that averages gradients
     optimizers: list
     scaler: torch.amp.GradScaler
-    batches: Batches
-    eval_data: dict  # split name -> (token ids, the fixed window starts every evaluation scores)
+    batches: Batches  # (ExampleBatches for instruction data)
+    eval_batches: dict  # split name -> a function giving the fixed (x, y) batches every evaluation scores
     micro_steps: int  # this process's micro-batches per optimizer step
     it: int = 0
     tokens: int = 0
@@ -166,20 +170,35 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
     optimizers = make_optimizers(cfg, raw, env.device)
     scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
-    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
+    if isinstance(train_data, Examples):  # instruction data: whole examples, the loss on the assistant's tokens
+        batches = ExampleBatches(train_data, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
+    else:
+        batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
     model = torch.compile(raw) if resolve_compile(cfg.compile, env.device) else raw
     wrapped = model
     if env.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(env.device).index] if env.device.startswith("cuda") else None)
-    count = cfg.eval_iters * cfg.batch_size
-    eval_data = {name: (d, fixed_starts(len(d), cfg.block_size, count, cfg.seed + EVAL_SEED_OFFSET))
-                 for name, d in (("train", train_data), ("val", val_data))}
-    s = State(env, meta, raw, model, wrapped, optimizers, scaler, batches, eval_data, micro)
+    s = State(env, meta, raw, model, wrapped, optimizers, scaler, batches, eval_sets(cfg, train_data, val_data), micro)
     s.t_start = s.t_log = time.time()
     if ckpt:
         restore(cfg, s, ckpt)
     return s
+
+
+def eval_sets(cfg, train_data, val_data):
+    """The fixed batches each evaluation scores: eval_iters x batch_size windows drawn once from seed +
+    EVAL_SEED_OFFSET (never from the training stream); of instruction data, the first as many examples."""
+    count = cfg.eval_iters * cfg.batch_size
+    sets = {}
+    for name, d in (("train", train_data), ("val", val_data)):
+        if isinstance(d, Examples):
+            chosen = list(range(min(count, len(d))))
+            sets[name] = lambda d=d, chosen=chosen: example_batches(d, chosen, cfg.batch_size)
+        else:
+            starts = fixed_starts(len(d), cfg.block_size, count, cfg.seed + EVAL_SEED_OFFSET)
+            sets[name] = lambda d=d, starts=starts: window_batches(d, starts, cfg.batch_size, cfg.block_size)
+    return sets
 
 
 def restore(cfg, s, ckpt):
@@ -236,6 +255,8 @@ def train(cfg):
     micro = micro_steps(cfg, env)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
+    if cfg.eval_file:  # checked before anything is written
+        Template(Tokenizer.from_meta(meta)) and read_examples(cfg.eval_file)
     if env.master:
         write_config(cfg, env)
     s = build(cfg, env, micro, meta, train_data, val_data, ckpt)
@@ -256,8 +277,8 @@ def train(cfg):
         lr = get_lr(s.it, progress, cfg)
         set_schedule(s.optimizers, lr, progress, cfg)
         scale = s.scaler.get_scale() if s.scaler.is_enabled() else 0.0
-        loss_sum = train_step(s.train_model, s.batches.next, s.micro_steps, s.optimizers, s.scaler, cfg,
-                              env.device, env.dtype, raw=s.model)
+        loss_sum = train_step(s.train_model, s.batches, s.micro_steps, s.optimizers, s.scaler, cfg,
+                              env.device, env.dtype, raw=s.model, world=env.world)
         if s.scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
             s.skipped += s.scaler.get_scale() < scale
         s.it += 1
@@ -307,13 +328,16 @@ def log_event(cfg, s, event, **values):
 def evaluate_and_checkpoint(cfg, s, bad_step, elapsed):
     """Loss on the fixed train and val windows; then save last.pt, and ckpt.pt when val is the best yet."""
     env = s.env
-    losses = {name: estimate_loss(s.eval_model, data, starts, cfg.batch_size, cfg.block_size, env.device, env.dtype)
-              for name, (data, starts) in s.eval_data.items()}
+    losses = {name: mean_loss(s.eval_model, batches(), env.device, env.dtype)[0] for name, batches in s.eval_batches.items()}
     val = metrics_for(losses["val"], s.meta["splits"]["val"])
-    print0(f"eval step {s.it}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
-           f"ppl {val['ppl']:.2f} | {val['bpb']:.3f} bits/byte")
+    extra = {}
+    if cfg.eval_file and env.master:  # greedy answers to held-out instructions
+        template = Template(Tokenizer.from_meta(s.meta))
+        extra["val_exact"] = exact_match(s.model, template, read_examples(cfg.eval_file), env.device, env.dtype)
+    print0(f"eval step {s.it}: train {losses['train']:.4f} | val {losses['val']:.4f} | ppl {val['ppl']:.2f} | "
+           + (f"exact match {extra['val_exact']:.1%}" if extra else f"{val['bpb']:.3f} bits/byte"))
     log_event(cfg, s, "eval", step=s.it, tokens=s.tokens, train_loss=losses["train"], val_loss=losses["val"],
-              val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2))
+              val_ppl=val["ppl"], val_bpb=val["bpb"], elapsed_s=round(elapsed, 2), **extra)
     stop_if_diverged(cfg, s, bad_step, losses["val"])  # never overwrite last.pt with a diverged model
     # every process's dropout RNG (a collective: every rank joins)
     rng = {"torch_rng": gather_states(torch.get_rng_state(), env.world, env.device)}
@@ -334,7 +358,7 @@ def log_step(cfg, s, loss_sum, bad_step, lr):
     """The training loss (the mean over every micro-step of every process), speed and time left."""
     if s.env.world > 1:
         torch.distributed.all_reduce(loss_sum)
-    train_loss = loss_sum.item() / (s.micro_steps * s.env.world)
+    train_loss = loss_sum.item() / s.env.world
     stop_if_diverged(cfg, s, bad_step)
     now = time.time()
     dt = (now - s.t_log) / max(s.it - s.it_log, 1)
@@ -359,7 +383,8 @@ def finish(cfg, s):
             "wall_time_s": round(wall, 1)}
     try:
         results = score_run(cfg.out_dir, os.path.join(cfg.data_dir, cfg.dataset), s.meta, cfg.batch_size,
-                            cfg.block_size, s.env.device, s.env.dtype, cfg.final_eval_tokens, run_info=info)
+                            cfg.block_size, s.env.device, s.env.dtype, cfg.final_eval_tokens, run_info=info,
+                            eval_file=cfg.eval_file)
         table = write_results(cfg.out_dir, results, f"{cfg.model} on {cfg.dataset}")
         plot_curves(cfg.out_dir)
     except OSError as e:  # e.g. disk full: the checkpoints are saved, only the report is missing
@@ -384,7 +409,10 @@ def lr_find(cfg):
     env = setup(cfg.device, cfg.dtype)
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = load_meta(data_dir)
-    batches = Batches(open_split(data_dir, "train"), cfg.block_size, cfg.batch_size, cfg.seed)
+    if meta.get("kind") == "sft":
+        batches = ExampleBatches(Examples(data_dir, "train", cfg.block_size), cfg.batch_size, cfg.seed, cfg.grad_accum)
+    else:
+        batches = Batches(open_split(data_dir, "train"), cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(env.device)
     optimizers = make_optimizers(cfg, model, env.device)
@@ -396,8 +424,7 @@ def lr_find(cfg):
     for i in range(cfg.lr_find_iters):
         lr = cfg.lr_find_min * growth ** i
         set_schedule(optimizers, lr, 0.0, constant)
-        loss_sum = train_step(model, batches.next, cfg.grad_accum, optimizers, scaler, cfg, env.device, env.dtype)
-        value = loss_sum.item() / cfg.grad_accum
+        value = train_step(model, batches, cfg.grad_accum, optimizers, scaler, cfg, env.device, env.dtype).item()
         if not math.isfinite(value):
             diverged = True
             break
