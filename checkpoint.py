@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import time
+import warnings
 
 import torch
 
@@ -89,11 +90,16 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, dropout=None):
+def model_from_checkpoint(ckpt, dropout=None, check_only=False):
     """The checkpoint's model with its weights (in their dtype: bf16 stays bf16), on the CPU; dropout, if given, replaces the stored one
-    (a fine-tune may change it). Weights that do not fit the stated architecture are a UserError."""
+    (a fine-tune may change it). Weights that do not fit the stated architecture are a UserError. The model
+    takes the checkpoint's tensors themselves (no copy): the caller hands the checkpoint over."""
     args = ckpt["model_args"] if dropout is None else {**ckpt["model_args"], "dropout": dropout}
     try:
+        if check_only:  # shapes only, on the meta device: no memory, and no model sharing the checkpoint's tensors
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": as wanted
+                return build_model(ckpt["model_kind"], args).load_state_dict(ckpt["model"])
         model = load_model(ckpt["model_kind"], args, ckpt["model"])  # in the weights' own dtype
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise UserError(f"the checkpoint's weights do not fit its {ckpt['model_kind']} architecture "
@@ -157,7 +163,7 @@ def start(cfg):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in shape.items() if hasattr(cfg, k)})
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     check_same_tokenizer(ckpt, load_meta(data_dir), data_dir)
-    model_from_checkpoint(ckpt)  # the weights must fit the model before anything is written
+    model_from_checkpoint(ckpt, check_only=True)  # the weights must fit the model before anything is written
     return cfg, ckpt
 
 
