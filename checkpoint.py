@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import time
+import warnings
 
 import torch
 
@@ -29,7 +30,7 @@ import hf
 from common import print0
 from configurator import UserError, given_keys
 from dataloader import load_meta
-from model import build_model, config_fields
+from model import build_model, config_fields, load_model
 
 CKPT_FORMAT = 2  # 2: the optimizers as a list, every rank's RNG state (format 1 files are refused)
 CKPT_BEST, CKPT_LAST = "ckpt.pt", "last.pt"
@@ -89,13 +90,17 @@ def load_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, dropout=None):
-    """The checkpoint's model with its weights, on the CPU; dropout, if given, replaces the stored one
-    (a fine-tune may change it). Weights that do not fit the stated architecture are a UserError."""
+def model_from_checkpoint(ckpt, dropout=None, check_only=False):
+    """The checkpoint's model with its weights (in their dtype: bf16 stays bf16), on the CPU; dropout, if
+    given, replaces the stored one (a fine-tune may change it). Weights that do not fit the stated architecture are a UserError. The model
+    takes the checkpoint's tensors themselves (no copy): the caller hands the checkpoint over."""
     args = ckpt["model_args"] if dropout is None else {**ckpt["model_args"], "dropout": dropout}
     try:
-        model = build_model(ckpt["model_kind"], args)
-        model.load_state_dict(ckpt["model"])
+        if check_only:  # shapes only, on the meta device: no memory, and no model sharing the checkpoint's tensors
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": as wanted
+                return build_model(ckpt["model_kind"], args).load_state_dict(ckpt["model"])
+        model = load_model(ckpt["model_kind"], args, ckpt["model"])  # in the weights' own dtype
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise UserError(f"the checkpoint's weights do not fit its {ckpt['model_kind']} architecture "
                         f"({type(e).__name__}): it is damaged or from another version; use the other checkpoint "
@@ -144,7 +149,7 @@ def start(cfg):
     if cfg.init_from == "scratch":
         return cfg, None
     ckpt = _find(cfg)
-    model_from_checkpoint(ckpt)  # the weights must fit the model before anything is written
+    model_from_checkpoint(ckpt, check_only=True)  # the weights must fit the model before anything is written
     kind = ckpt["model_kind"]
     with torch.device("meta"):  # every field of the model's config, its defaults filling in what args omit
         stored = build_model(kind, ckpt["model_args"]).cfg
@@ -213,12 +218,13 @@ def _resumed_config(cfg, ckpt, shape):
 def check_same_tokenizer(ckpt, meta, data_dir):
     """A checkpoint only continues on data tokenized the same way (same kind, size and, if listed, vocabulary)."""
     old = ckpt["meta"]
-    if old.get("pretrained"):  # Hugging Face weights read GPT-2's tokens
-        hf.require_gpt2_tokens(ckpt)
-        if meta["tokenizer"] != "gpt2":
-            raise UserError(f"{old['pretrained']}'s weights read GPT-2's tokens, but {data_dir} is tokenized with "
-                            f"{meta['tokenizer']}: prepare it with --tokenizer=gpt2 "
-                            f"(python prepare.py text --input=FILE --tokenizer=gpt2)")
+    if old.get("pretrained"):  # Hugging Face weights read their own tokens: gpt2, or hf:DIR's tokenizer.json
+        hf.require_tokenizer(ckpt)
+        if meta["tokenizer"] != old["tokenizer"]:
+            name = "GPT-2's" if old["tokenizer"] == "gpt2" else f"{old['tokenizer']}'s"
+            raise UserError(f"{old['pretrained']}'s weights read {name} tokens, but {data_dir} is tokenized with "
+                            f"{meta['tokenizer']}: prepare it with --tokenizer={old['tokenizer']} "
+                            f"(python prepare.py text --input=FILE --tokenizer={old['tokenizer']})")
     if (old["tokenizer"], old["vocab_size"], old.get("vocab")) != (meta["tokenizer"], meta["vocab_size"], meta.get("vocab")):
         same_kind = old["tokenizer"] == meta["tokenizer"] and old["vocab_size"] == meta["vocab_size"]
         raise UserError(f"the checkpoint was trained on a {old['tokenizer']} vocabulary of {old['vocab_size']}"

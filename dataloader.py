@@ -3,11 +3,12 @@ Reading prepared data: a dataset folder's meta.json and its splits as token ids,
 training and evaluation draw from them.
 
     meta = load_meta("data/pycode")                  # what prepare.py wrote: tokenizer, vocab, split sizes
-    ids = open_split("data/pycode", "val")           # a read-only uint16 memmap, checked against meta.json
+    ids = open_split("data/pycode", "val")           # a read-only memmap of token ids, checked against meta.json
     batches = Batches(ids, block_size, batch_size, seed)
     x, y = batches.next()                            # (B, T) inputs and targets, int64
 
-A split is raw little-endian uint16 token ids (prepare.py writes it). Batches draws random windows
+A split is raw little-endian uint16 token ids (prepare.py writes it), or uint32 where meta.json says
+token_dtype=uint32 (vocabularies over 65,535 tokens). Batches draws random windows
 from a generator of its own, so the stream is reproducible, resumable and the same under DDP.
 """
 import json
@@ -42,7 +43,7 @@ def load_meta(data_dir):
 
 
 def open_split(data_dir, split, check_ids=False):
-    """The token ids of one split as a read-only uint16 memmap, checked against meta.json."""
+    """The token ids of one split as a read-only memmap (uint16, or meta.json's token_dtype), checked against it."""
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     meta = load_meta(data_dir)
@@ -50,15 +51,20 @@ def open_split(data_dir, split, check_ids=False):
     again = f"run `{meta.get('source', {}).get('command', 'python prepare.py ' + Path(data_dir).name)}` again"
     if not path.is_file():
         raise UserError(f"{path} is missing: {again}")
+    name = meta.get("token_dtype", "uint16")  # older meta.json files have none: uint16
+    if name not in ("uint16", "uint32"):
+        raise UserError(f"{Path(data_dir) / 'meta.json'} has token_dtype={name}, not uint16 or uint32: {again}")
+    dtype = np.dtype(name).newbyteorder("<")
     size = path.stat().st_size
-    if size % 2:
-        raise UserError(f"{path} has an odd size ({size} bytes), so it is not uint16 tokens: {again}")
+    if size % dtype.itemsize:
+        odd = "an odd size" if dtype.itemsize == 2 else "a size that is no multiple of 4"
+        raise UserError(f"{path} has {odd} ({size} bytes), so it is not {name} tokens: {again}")
     expected = meta["splits"][split]["tokens"]
-    if size // 2 != expected:
-        raise UserError(f"{path} holds {size // 2:,} tokens but meta.json says {expected:,}: {again}")
+    if size // dtype.itemsize != expected:
+        raise UserError(f"{path} holds {size // dtype.itemsize:,} tokens but meta.json says {expected:,}: {again}")
     if expected == 0:
-        return np.zeros(0, dtype=np.uint16)
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
+        return np.zeros(0, dtype=dtype)
+    ids = np.memmap(path, dtype=dtype, mode="r")
     top = max(int(ids[i:i + CHECK_CHUNK].max()) for i in range(0, len(ids), CHECK_CHUNK)) if check_ids else 0
     if top >= meta["vocab_size"]:  # a bigger id would crash the embedding (or assert on a GPU) mid-run
         raise UserError(f"{path} holds token id {top} >= vocab_size {meta['vocab_size']}: {again}")

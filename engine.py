@@ -254,7 +254,7 @@ class GenerationConfig:
     """What a Session loads and how it generates (sample.py's SampleConfig adds its own flags to these)."""
     out_dir: str = "out/quickstart"
     ckpt: str = CKPT_BEST
-    init_from: str = ""  # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | hf:DIR: GPT-2's weights instead of a run
+    init_from: str = ""  # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | hf:DIR | hf:owner/name: Hugging Face weights instead of a run
     num_samples: int = 3  # generated as one batch
     max_new_tokens: int = 500
     top_k: int = 0  # 0 = off
@@ -320,7 +320,7 @@ class Session:
                 raise UserError(f"init_from={cfg.init_from}: give gpt2, gpt2-medium, gpt2-large, gpt2-xl or hf:DIR "
                                 f"(a run of yours is --out_dir=...)")
             self.path, self.ckpt = cfg.init_from, hf.load_pretrained(cfg.init_from)
-            hf.require_gpt2_tokens(self.ckpt)
+            hf.require_tokenizer(self.ckpt)
         else:
             self.path = os.path.join(cfg.out_dir, cfg.ckpt)
             self.ckpt = load_checkpoint(self.path)

@@ -1,18 +1,25 @@
 """
-Export a run as a Hugging Face model directory (GPT-2's format), which transformers and the Hub load.
+Export a run as a Hugging Face model directory, in the standard transformers architecture that holds it
+exactly, which transformers, the Hub, lm-eval and vLLM load (and llama.cpp's converter, for some).
 
     python export.py --out_dir=out/ft                  # -> out/ft/hf
     python export.py --out_dir=out/ft --to=my-model    # anywhere else
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("out/ft/hf")   # the same logits as ours
-    tok = AutoTokenizer.from_pretrained("out/ft/hf")            # when the run used the gpt2 tokenizer
+    tok = AutoTokenizer.from_pretrained("out/ft/hf")            # the run's tokenizer, the same ids
 
-The directory holds config.json, model.safetensors and, for a gpt2-tokenized run, GPT-2's tokenizer
-files (vocab.json, merges.txt, tokenizer_config.json). bias=False exports as zero biases; untied output
-weights, the tanh GELU and mlp_ratio carry over. What GPT-2 cannot express (rotary or sinusoidal
-positions, grouped-query attention, RMSNorm, QK-norm, ReLU², logit soft-capping, an LSTM, a char or
-word vocabulary) is refused in one line naming it. hf.py does the conversion.
+The architecture is picked per run (hf.export_plan) and named in the output:
+    learned positions + LayerNorm (GPT-2's)                -> GPT2LMHeadModel
+    RoPE + RMSNorm + QK-norm + a plain MLP (the recipe)    -> ApertusForCausalLM (hidden_act relu2, gelu)
+    RoPE + RMSNorm, a plain MLP, no QK-norm                -> ArceeForCausalLM
+    RoPE + RMSNorm + QK-norm + SwiGLU                      -> Qwen3ForCausalLM
+    RoPE + RMSNorm + SwiGLU (+ q/k/v biases: Qwen2)        -> LlamaForCausalLM / Qwen2ForCausalLM
+Grouped-query attention, tied or untied output weights, mlp width, head_dim, the RMSNorm epsilon and
+RoPE's theta and scaling carry over. The tokenizer goes along (tokenizer.json for char, word and byte
+runs; GPT-2's files; hf:NAME's own). What no architecture holds (sinusoidal positions, RoPE with
+LayerNorm, an LSTM) is refused in one line naming it, and so is a --to that holds another model.
+hf.py does the conversion.
 """
 import os
 from dataclasses import dataclass
@@ -30,29 +37,26 @@ class ExportConfig:
 
 
 def export(cfg):
-    """Write the run's checkpoint as a Hugging Face directory; returns (directory, file names, tokenizer)."""
+    """Write the run's checkpoint as a Hugging Face directory; returns (directory, file names, architecture)."""
     path = os.path.join(cfg.out_dir, cfg.ckpt)
     ckpt = load_checkpoint(path)
-    problems = hf.export_problems(ckpt["model_kind"], ckpt["model_args"], ckpt["meta"])
+    family, problems = hf.export_plan(ckpt["model_kind"], ckpt["model_args"], ckpt["meta"])
     if problems:
-        raise UserError(f"{path} cannot be exported: GPT-2's Hugging Face format cannot express "
-                        f"{'; '.join(problems)}")
+        raise UserError(f"{path} cannot be exported: no Hugging Face architecture this project writes "
+                        f"({', '.join(hf.MODEL_TYPES)}) can express {'; '.join(problems)}")
     to = cfg.to or os.path.join(cfg.out_dir, "hf")
     try:
-        files = hf.save_pretrained(model_from_checkpoint(ckpt), ckpt["meta"], to)
+        files = hf.save_pretrained(model_from_checkpoint(ckpt), ckpt["meta"], to, family)
     except OSError as e:
         raise UserError(f"cannot write {to}: {e.strerror or e}; pick another --to") from None
-    return to, files, ckpt["meta"]["tokenizer"]
+    return to, files, hf.ARCHITECTURES[family]
 
 
 def main(argv):
-    to, files, tokenizer = export(load_config(ExportConfig(), argv))
-    print(f"wrote {to}: {', '.join(files)}")
-    if tokenizer == "byte":
-        print("no tokenizer files: the token ids are the text's UTF-8 bytes")
-    elif tokenizer != "gpt2":
-        print(f"no tokenizer files: load the run's tokenizer with AutoTokenizer.from_pretrained({tokenizer[3:]!r})")
-    print(f"load it with transformers.AutoModelForCausalLM.from_pretrained({to!r})")
+    to, files, architecture = export(load_config(ExportConfig(), argv))
+    print(f"wrote {to} as {architecture}: {', '.join(files)}")
+    print(f"load it with transformers.AutoModelForCausalLM.from_pretrained({to!r}) and "
+          f"AutoTokenizer.from_pretrained({to!r})")
 
 
 if __name__ == "__main__":

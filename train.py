@@ -44,8 +44,8 @@ from chat import Template, read_examples
 from dataloader import Batches, ExampleBatches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
                      write_results)
+from model import RECIPE_ARCH, ROPE_BASE, build_model
 from tokenizer import Tokenizer
-from model import RECIPE_ARCH, build_model
 from optim import OptimConfig, get_lr, make_optimizers, progress_of, set_schedule, train_step
 
 EVAL_SEED_OFFSET = 10_000  # the fixed eval windows come from seed + this, never from the training stream
@@ -75,8 +75,15 @@ class TrainConfig(OptimConfig):
     tie_weights: bool = RECIPE_ARCH["tie_weights"]  # the output layer shares the embedding (lstm/gru: via a projection)
     norm: str = RECIPE_ARCH["norm"]  # gpt: layernorm (GPT-2) | rmsnorm
     qk_norm: bool = RECIPE_ARCH["qk_norm"]  # gpt: RMSNorm on each head's queries and keys
-    activation: str = RECIPE_ARCH["activation"]  # gpt: the MLP's gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared)
+    activation: str = RECIPE_ARCH["activation"]  # gpt: the MLP's gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared) | swiglu (gated)
     zero_init: bool = RECIPE_ARCH["zero_init"]  # gpt: residual projections (and an untied head) start at zero
+    # gpt: shapes imported models bring (hf.py); the defaults change nothing above
+    mlp_hidden: int = 0  # exact MLP width (Llama's intermediate_size); 0 = mlp_ratio * n_embd
+    head_dim: int = 0  # per-head width; 0 = n_embd // n_head
+    qkv_bias: bool = False  # biases on queries, keys and values only (Qwen2)
+    norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon
+    rope_theta: float = ROPE_BASE  # RoPE's base wavelength
+    rope_scaling: str = ""  # Llama 3's "factor,low_freq_factor,high_freq_factor,original_context"; "" = none
     # batches
     batch_size: int = 16  # sequences per micro-step, in each process
     grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)

@@ -182,7 +182,7 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
     monkeypatch.setattr(sys, "argv", ["export.py", f"--out_dir={run}", f"--to={to}"])
     capsys.readouterr()
     export.main(sys.argv[1:])
-    assert f"wrote {to}: config.json, merges.txt, model.safetensors, tokenizer_config.json, vocab.json" in \
+    assert f"wrote {to} as GPT2LMHeadModel: config.json, merges.txt, model.safetensors, tokenizer_config.json, vocab.json" in \
         capsys.readouterr().out
     ours = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(run / "ckpt.pt")).eval()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(to).eval()
@@ -201,14 +201,14 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
         assert torch.allclose(again(idx)[0], ours(idx)[0], rtol=0, atol=1e-6)
 
 
-def test_a_byte_level_run_exports_without_tokenizer_files(tmp_path, capsys):
+def test_a_byte_level_run_exports_with_a_byte_tokenizer_json(tmp_path, capsys):
     data = prepare_text(tmp_path, "code", code_text()[:30_000], tokenizer="byte")
     train.train(load_config(train.TrainConfig(), flags(data, tmp_path / "run", "--max_iters=2", *GPT2_ARCH)))
     capsys.readouterr()
     export.main([f"--out_dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'run' / 'hf'}: config.json, model.safetensors\n" in out
-    assert "no tokenizer files: the token ids are the text's UTF-8 bytes" in out
+    assert f"wrote {tmp_path / 'run' / 'hf'} as GPT2LMHeadModel: config.json, model.safetensors, tokenizer.json, " \
+           f"tokenizer_config.json\n" in out
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf").eval()
     ours = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(tmp_path / "run" / "ckpt.pt")).eval()
     idx = torch.tensor([list("def f(x):".encode())])
@@ -225,16 +225,15 @@ def test_tokenizer_files_are_openai_s(shared_dir, gpt2_offline):
 
 def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys, monkeypatch):
     data = prepare_text(tmp_path, "code", code_text()[:30_000])  # char-level
-    for name, options in [("rope", ["--pos_emb=rope", "--n_kv_head=1"]), ("lstm", ["--model=lstm", "--n_hidden=16"])]:
+    for name, options in [("rope", ["--pos_emb=sinusoidal", "--n_kv_head=1"]), ("lstm", ["--model=lstm", "--n_hidden=16"])]:
         train.train(load_config(train.TrainConfig(), flags(data, tmp_path / name, "--max_iters=2", *options)))
     before = snapshot(tmp_path / "rope")
     err = cli_error(export.main, [f"--out_dir={tmp_path / 'rope'}"], capsys, monkeypatch)
-    assert "ckpt.pt cannot be exported: GPT-2's Hugging Face format cannot express pos_emb=rope" in err
-    assert "n_kv_head=1 (GPT-2 has a key and value head for every query head)" in err
-    assert "a char vocabulary (no Hugging Face tokenizer reads it; prepare the data with --tokenizer=gpt2)" in err
+    assert "ckpt.pt cannot be exported: no Hugging Face architecture this project writes (gpt2, llama, qwen2, qwen3, " \
+           "apertus, arcee) can express pos_emb=sinusoidal with norm=rmsnorm" in err
     assert snapshot(tmp_path / "rope") == before and not (tmp_path / "rope" / "hf").exists()
     err = cli_error(export.main, [f"--out_dir={tmp_path / 'lstm'}", f"--to={tmp_path / 'x'}"], capsys, monkeypatch)
-    assert "cannot express an LSTM (the format holds GPT-2 transformers)" in err and not (tmp_path / "x").exists()
+    assert "can express an LSTM (the format holds GPT-2 transformers)" in err and not (tmp_path / "x").exists()
 
 
 def test_export_problems_of_options_read_with_their_gpt2_defaults():
@@ -247,8 +246,7 @@ def test_export_problems_of_options_read_with_their_gpt2_defaults():
         "pos_emb=sinusoidal (GPT-2 learns its position embeddings)", "norm=rmsnorm (GPT-2 uses LayerNorm)",
         "qk_norm=True (GPT-2 does not normalize queries and keys)",
         "activation=swish (GPT-2's format takes gelu or gelu_tanh or relu2)",
-        "logit_softcap=30.0 (GPT-2 does not cap its logits)", "parallel=True (export does not know this option)",
-        "a word vocabulary (no Hugging Face tokenizer reads it; prepare the data with --tokenizer=gpt2)"]
+        "logit_softcap=30.0 (export does not know this option)", "parallel=True (export does not know this option)"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -265,7 +263,7 @@ def test_bad_gpt2_names_and_directories(tmp_path, gpt2_data, capsys, monkeypatch
     good = tmp_path / "good"
     tiny_gpt2(good)
     config = json.loads((good / "config.json").read_text())
-    llama = write("llama", {**config, "model_type": "llama"}, good)
+    llama = write("llama", {**config, "model_type": "mamba"}, good)
     wider = write("wider", {**config, "n_embd": 64}, good)
     variant = write("variant", {**config, "scale_attn_by_inverse_layer_idx": True}, good)
     no_weights = write("no_weights", config)
@@ -278,7 +276,7 @@ def test_bad_gpt2_names_and_directories(tmp_path, gpt2_data, capsys, monkeypatch
     for argv, message in [
         (["--init_from=gpt2-small"], "unknown GPT-2 model 'gpt2-small': use gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
                                      "or hf:DIR for a local Hugging Face directory"),
-        ([f"--init_from=hf:{llama}"], f"{llama} holds a llama, not GPT-2: init_from=hf:DIR takes GPT-2-shaped"),
+        ([f"--init_from=hf:{llama}"], f"{llama} holds a mamba, which init_from=hf: cannot import: it takes model types"),
         ([f"--init_from=hf:{wider}"], f"{wider} is not GPT-2-shaped: wte.weight is (96, 32), but its config.json "
                                       f"makes it (96, 64)"),
         ([f"--init_from=hf:{lacking}"], f"{lacking} is not GPT-2-shaped: its weights lack h.1.ln_2.weight, "
@@ -308,4 +306,4 @@ def test_gpt2_weights_need_a_gpt2_tokenized_dataset(gpt2_dir, tmp_path, capsys, 
            f"with --tokenizer=gpt2" in err
     assert snapshot(data / "code") == before and not (tmp_path / "out").exists()
     err = cli_error(train.main, flags(data, tmp_path / "out", "--activation=relu"), capsys, monkeypatch)
-    assert "activation must be one of gelu, gelu_tanh, relu2, not 'relu'" in err
+    assert "activation must be one of gelu, gelu_tanh, relu2, swiglu, not 'relu'" in err

@@ -166,9 +166,11 @@ def test_vocab_over_65535_refused(tmp_path):
     chars = [chr(c) for c in range(0x4E00, 0x4E00 + 70_000) if not 0xD800 <= c < 0xE000]
     path = tmp_path / "big.txt"
     path.write_text("".join(chars), encoding="utf-8")
-    with pytest.raises(UserError, match=f"{len(chars):,} entries.*at most 65,535"):
-        run("text", f"--input={path}", f"--data_dir={tmp_path}")
+    with pytest.raises(UserError, match=f"{len(chars):,} entries.*token_dtype=uint16 holds at most 65,535"):
+        run("text", f"--input={path}", f"--data_dir={tmp_path}", "--token_dtype=uint16")
     assert not (tmp_path / "big").exists()
+    run("text", f"--input={path}", f"--data_dir={tmp_path}")  # by default such a vocabulary is stored as uint32
+    assert json.loads((tmp_path / "big" / "meta.json").read_text())["token_dtype"] == "uint32"
 
 
 def test_config_errors():
