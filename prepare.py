@@ -387,11 +387,7 @@ def prepare(cfg):
         keep_other_datasets(out_dir, tok)
     elif tok.kind == "char":
         docs = list(docs)
-        missing = sorted(set().union(*(set(_text_of(d)) for _, d in docs)) - set(tok.vocab))
-        if missing:
-            shown = " ".join(repr(c) for c in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-            raise UserError(f"{len(missing)} character(s) of the input are not in {cfg.like}'s vocabulary of "
-                            f"{tok.vocab_size}: {shown}; remove or replace them in the input (nothing was written)")
+        check_chars(tok, (_text_of(d) for _, d in docs), cfg.like)
     changed = [f"--{k}={v}" for k, v in dataclasses.asdict(cfg).items()
                if k != "dataset" and v != getattr(PrepareConfig, k)]
     src.info["command"] = " ".join(["python prepare.py", cfg.dataset] + changed)  # for "run it again" hints
@@ -421,6 +417,8 @@ def prepare_sft(cfg):
     keep_other_datasets(out_dir, tok)
     template = Template(tok)
     examples = read_examples(cfg.input)
+    if tok.kind == "char":
+        check_chars(tok, (m["content"] for e in examples for m in e), cfg.like)
     limit = cfg.max_tokens or (_block_size_of(cfg.like) or 1024) + 1
     rng = random.Random(cfg.seed)
     order = list(range(len(examples)))
@@ -488,6 +486,15 @@ def tokenizer_like(path):
     if meta.get("tokenizer") is None:
         raise UserError(f"--like={path}: its checkpoint names no tokenizer this project has")
     return Tokenizer.from_meta(meta)
+
+
+def check_chars(tok, texts, like):
+    """A char vocabulary encodes only its own characters: name every one the texts have and it lacks."""
+    missing = sorted(set().union(*map(set, texts)) - set(tok.vocab))
+    if missing:
+        shown = " ".join(repr(c) for c in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise UserError(f"{len(missing)} character(s) of the input are not in {like}'s vocabulary of "
+                        f"{tok.vocab_size}: {shown}; remove or replace them in the input (nothing was written)")
 
 
 def keep_other_datasets(out_dir, tok):
