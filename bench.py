@@ -8,6 +8,7 @@ Throughput on this machine: training, tokenizers and generation.
     python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
     python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
     python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
+    python bench.py sft                # instruction fine-tuning demo: exact match on held-out synthetic tasks
 
 The training benchmark times full optimizer steps (forward, backward, clipping, fused AdamW) of two
 shapes with random tokens: the quickstart GPT (config/quickstart.py) and GPT-2 small (124M; on a CPU with
@@ -48,8 +49,8 @@ from engine import compile_step, for_generation, generation_dtype, stream, windo
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields
 from optim import OptimConfig, make_optimizers, train_step
 
-WHAT = ("train", "tokenize", "generate", "budget")
-ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget takes minutes per recipe
+WHAT = ("train", "tokenize", "generate", "budget", "sft")
+ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget and sft take minutes per recipe
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays for out of its budget
@@ -68,6 +69,17 @@ RECIPES = {
 }
 
 
+# instruction fine-tuning recipes: config/sft.py, then these flags (bench.py sft compares them)
+SFT_RECIPES = {
+    "sft": [],
+    "adamw-1e-3": ["--optimizer=adamw", "--lr=1e-3"],
+    "adamw-3e-4": ["--optimizer=adamw", "--lr=3e-4"],
+    "muon-4e-3": ["--optimizer=muon", "--lr=4e-3"],
+    "muon-1e-3": ["--optimizer=muon", "--lr=1e-3"],
+}
+SFT_EVAL_EVERY = 100
+
+
 @dataclass
 class BenchConfig:
     device: str = "auto"
@@ -81,6 +93,9 @@ class BenchConfig:
     parallel: bool = False  # budget: a round's recipes train at the same time, the CPU threads split between them
     threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
     seed: int = 0
+    base: str = "out/quickstart"  # sft: the run to fine-tune (pretrained for a minute first if it is missing)
+    sft_recipes: str = "sft"  # sft: comma-separated names from SFT_RECIPES
+    sft_steps: int = 600  # sft: fine-tuning steps per recipe
 
 
 def peak_flops(device, dtype, n=None):
@@ -408,6 +423,51 @@ def bench_budget(bc):
     with open(os.path.join(root, "table.md"), "w") as f:
         f.write(f"{bc.dataset}, {bc.budget:g} minutes per run, {bc.repeats} run(s) per recipe{how}\n\n{table}\n")
     return runs
+
+
+def bench_sft(bc):
+    """The instruction fine-tuning demo: synthetic tasks (chat.synthetic_tasks), a base run, each recipe
+    fine-tuned for sft_steps, and the greedy exact match on held-out instructions every SFT_EVAL_EVERY steps."""
+    import chat
+    names = [n for n in bc.sft_recipes.split(",") if n]
+    if not names or any(n not in SFT_RECIPES for n in names):
+        raise UserError(f"sft needs --sft_recipes from {', '.join(SFT_RECIPES)}, got {bc.sft_recipes!r}")
+    root = os.path.join(REPO, "out", "bench-sft")
+    os.makedirs(root, exist_ok=True)
+    chat.write_jsonl(chat.synthetic_tasks(4000, seed=0), os.path.join(root, "tasks.jsonl"))
+    held_out = os.path.join(root, "held_out.jsonl")
+    chat.write_jsonl(chat.synthetic_tasks(200, seed=1), held_out)
+    base = bc.base if os.path.isfile(os.path.join(REPO, bc.base, "ckpt.pt")) else os.path.join(root, "base")
+
+    def run(*argv):
+        r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
+        if r.returncode:
+            raise UserError(f"{argv[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+    if base != bc.base and not os.path.isfile(os.path.join(base, "ckpt.pt")):
+        print(f"pretraining {base} for a minute (no {bc.base} to fine-tune)", flush=True)
+        run("train.py", "config/quickstart.py", f"--out_dir={base}", "--time_budget=1")
+    shutil.rmtree(os.path.join(root, "data"), ignore_errors=True)
+    run("prepare.py", "sft", f"--input={os.path.join(root, 'tasks.jsonl')}", f"--like={base}",
+        f"--data_dir={os.path.join(root, 'data')}")
+    curves = {}
+    for name in names:
+        out = os.path.join(root, name)
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.time()
+        run("train.py", "config/sft.py", f"--data_dir={os.path.join(root, 'data')}", "--dataset=tasks",
+            f"--init_from={base}", f"--out_dir={out}", f"--eval_file={held_out}", f"--max_iters={bc.sft_steps}",
+            f"--eval_interval={SFT_EVAL_EVERY}", "--time_budget=0", *SFT_RECIPES[name])
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            curves[name] = {e["step"]: e["val_exact"] for e in map(json.loads, f) if e["event"] == "eval"}
+        print(f"  {name}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    steps = sorted(set().union(*curves.values()))
+    lines = ["| step | " + " | ".join(names) + " |", "|--:|" + "--:|" * len(names)]
+    lines += [f"| {s} | " + " | ".join(f"{curves[n].get(s, float('nan')):.1%}" for n in names) + " |" for s in steps]
+    table = "\n".join(lines)
+    print(f"\ngreedy exact match on 200 held-out synthetic instructions, fine-tuning {base}:\n{table}")
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(table + "\n")
+    return curves
 
 
 def main(argv):
