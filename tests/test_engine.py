@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,30 +18,10 @@ import common
 import dataloader
 import model as model_lib
 import optim
-import prepare
 import train
 from model import build_model
 from configurator import UserError, load_config
-from conftest import code_text, prepare_text
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-        "--eval_iters=2", "--log_interval=1", "--warmup_iters=3", "--lr=3e-3", "--final_eval_tokens=2000"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two fighting other
-    processes for the cores (measured: 9 vs 120 ms/step), and the results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def cfg_of(*argv):
-    return load_config(train.TrainConfig(), list(argv))
-
+from conftest import REPO, SMALL, cfg_of, events, run_small, small_flags
 
 # ----------------------------------------------------------------------------- schedules (pure functions)
 
@@ -138,30 +117,6 @@ def test_plwiki_gpt_config_has_seed_001s_parameter_count():
 
 # ----------------------------------------------------------------------------- real tiny runs
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Char- and byte-level datasets from the stdlib's source: `code` (char), `code_b` and `email_b` (byte)."""
-    root = tmp_path_factory.mktemp("corpus")
-    text = code_text()
-    prepare_text(root, "code", text * 3)
-    prepare_text(root, "code_b", text * 3, "byte")
-    other = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(prepare.__file__).parent.glob("*.py")))
-    prepare_text(root, "other_b", other, "byte")
-    return root
-
-
-def run_args(corpus, out, *extra, dataset="code"):
-    return [f"--data_dir={corpus / 'data'}", f"--dataset={dataset}", f"--out_dir={out}", *TINY, *extra]
-
-
-def run_train(corpus, out, *extra, dataset="code"):
-    return train.train(cfg_of(*run_args(corpus, out, *extra, dataset=dataset)))
-
-
-def events(out, kind):
-    return [e for e in map(json.loads, open(Path(out) / "metrics.jsonl")) if e["event"] == kind]
-
-
 def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tmp_path, monkeypatch, capsys):
     now = [1000.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: now[0]))  # moves when a batch is drawn
@@ -172,7 +127,7 @@ def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tm
         return draw(self)
     monkeypatch.setattr(dataloader.Batches, "next", one_second_per_batch)
     out = tmp_path / "run"
-    results = run_train(corpus, out, "--max_iters=100000", "--time_budget=0.5", "--eval_interval=10",
+    results = run_small(corpus, out, "--max_iters=100000", "--time_budget=0.5", "--eval_interval=10",
                         "--min_lr=0", "--warmup_iters=0")
     assert results["iters"] == 30  # 30 one-second steps fill the 0.5-minute budget
     train_events = events(out, "train")
@@ -192,7 +147,7 @@ def test_onecycle_momentum_cycles_in_the_optimizer(corpus, tmp_path, monkeypatch
         apply(optimizers, lr, progress, cfg)
         seen.append([(g["lr"], g["momentum"]) for o in optimizers for g in o.param_groups])
     monkeypatch.setattr(train, "set_schedule", recorded)
-    run_train(corpus, tmp_path / "run", "--optimizer=sgd", "--schedule=onecycle", "--lr=0.1", "--max_iters=20",
+    run_small(corpus, tmp_path / "run", "--optimizer=sgd", "--schedule=onecycle", "--lr=0.1", "--max_iters=20",
               "--eval_interval=20", "--momentum=0.9", "--momentum_min=0.8", "--cycle_rise=0.25")
     assert len(seen) == 20 and all(len(set(groups)) == 1 for groups in seen)  # every group moves together
     lrs, moms = zip(*(groups[0] for groups in seen))
@@ -202,8 +157,8 @@ def test_onecycle_momentum_cycles_in_the_optimizer(corpus, tmp_path, monkeypatch
 
 
 def test_bf16_autocast_trains_close_to_float32(corpus, tmp_path):
-    a = run_train(corpus, tmp_path / "fp32", "--max_iters=8", "--eval_interval=8", "--dtype=float32")
-    b = run_train(corpus, tmp_path / "bf16", "--max_iters=8", "--eval_interval=8", "--dtype=bfloat16")
+    a = run_small(corpus, tmp_path / "fp32", "--max_iters=8", "--eval_interval=8", "--dtype=float32")
+    b = run_small(corpus, tmp_path / "bf16", "--max_iters=8", "--eval_interval=8", "--dtype=bfloat16")
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype_resolved"] == "bfloat16"
     la, lb = [e["loss"] for e in events(tmp_path / "fp32", "train")], [e["loss"] for e in events(tmp_path / "bf16", "train")]
     assert all(math.isfinite(x) for x in lb) and lb[-1] < lb[0]
@@ -213,7 +168,7 @@ def test_bf16_autocast_trains_close_to_float32(corpus, tmp_path):
 
 def test_lr_finder_sweeps_stops_on_divergence_and_suggests(corpus, tmp_path, capsys):
     out = tmp_path / "find"
-    cfg = cfg_of(*run_args(corpus, out, "--lr_find=True", "--lr_find_min=1e-5", "--lr_find_max=100",
+    cfg = cfg_of(*small_flags(corpus, out, "--lr_find=True", "--lr_find_min=1e-5", "--lr_find_max=100",
                            "--lr_find_iters=60", "--grad_clip=0"))
     result = train.lr_find(cfg)
     assert (out / "lr_find.png").stat().st_size > 0 and (out / "lr_find.json").is_file()
@@ -231,7 +186,7 @@ def test_wandb_offline_run_is_written(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=4", "--eval_interval=2", "--wandb_log=True", "--wandb_run_name=t")
+    run_small(corpus, out, "--max_iters=4", "--eval_interval=2", "--wandb_log=True", "--wandb_run_name=t")
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((out / "wandb").iterdir())
     assert (runs[0] / "files").is_dir()
@@ -239,24 +194,24 @@ def test_wandb_offline_run_is_written(corpus, tmp_path, monkeypatch):
 
 def test_fine_tune_from_a_run_dir_onto_new_data_with_the_same_tokenizer(corpus, tmp_path, capsys):
     base = tmp_path / "base"
-    run_train(corpus, base, "--max_iters=30", "--eval_interval=30", dataset="code_b")
+    run_small(corpus, base, "--max_iters=30", "--eval_interval=30", dataset="code_b")
     base_ckpt = torch.load(base / "ckpt.pt", weights_only=True)
     tuned = tmp_path / "tuned"
-    results = run_train(corpus, tuned, "--max_iters=6", "--eval_interval=3", f"--init_from={base}",
+    results = run_small(corpus, tuned, "--max_iters=6", "--eval_interval=3", f"--init_from={base}",
                         "--n_layer=3", "--lr=1e-3", dataset="other_b")
     assert "fine-tuning keeps the checkpoint's shape: n_layer=2" in capsys.readouterr().out
     assert results["iters"] == 6 and results["dataset"] == "other_b"  # a fresh schedule: step 0 to 6
     first_eval = events(tuned, "eval")[0]
     scratch = tmp_path / "scratch"
-    run_train(corpus, scratch, "--max_iters=1", "--eval_interval=1", dataset="other_b")
+    run_small(corpus, scratch, "--max_iters=1", "--eval_interval=1", dataset="other_b")
     assert first_eval["val_loss"] < events(scratch, "eval")[0]["val_loss"] - 0.5  # started from trained weights
     ckpt = torch.load(tuned / "last.pt", weights_only=True)
     assert ckpt["optimizer"][-1]["state"][0]["step"] == 6  # a fresh optimizer (the base's had 30 steps)
     assert base_ckpt["optimizer"][-1]["state"][0]["step"] == 30
     with pytest.raises(UserError, match="trained on a byte vocabulary of 256.*has char with"):
-        run_train(corpus, tmp_path / "bad", "--max_iters=2", f"--init_from={base}", dataset="code")
+        run_small(corpus, tmp_path / "bad", "--max_iters=2", f"--init_from={base}", dataset="code")
     with pytest.raises(UserError, match="init_from=nowhere is neither"):
-        run_train(corpus, tmp_path / "bad", "--max_iters=2", "--init_from=nowhere")
+        run_small(corpus, tmp_path / "bad", "--max_iters=2", "--init_from=nowhere")
 
 
 def test_char_vocabularies_must_match_exactly(corpus, tmp_path):
@@ -272,9 +227,9 @@ def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, mon
     compile_ = torch.compile
     monkeypatch.setattr(train.torch, "compile", lambda m: compile_(m, backend="eager"))  # dynamo's wrapper, no codegen
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=2", "--eval_interval=2", "--compile=True")
+    run_small(corpus, out, "--max_iters=2", "--eval_interval=2", "--compile=True")
     keys = set(torch.load(out / "ckpt.pt", weights_only=True)["model"])
-    fresh = build_model("gpt", checkpoint.model_args(cfg_of(*TINY), 94))
+    fresh = build_model("gpt", checkpoint.model_args(cfg_of(*SMALL), 94))
     assert keys == set(fresh.state_dict()) and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
 
 
@@ -310,14 +265,14 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     the last collective while the interpreter exits, which aborts the process (issue 12's rare SIGABRT)."""
     common = ["--grad_accum=2", "--schedule=constant", "--eval_interval=4", "--dropout=0.0"]
     one = tmp_path / "one"
-    run_train(corpus, one, "--max_iters=8", *common)
+    run_small(corpus, one, "--max_iters=8", *common)
     ddp = tmp_path / "ddp"
     (tmp_path / "threads_left.py").write_text(THREADS_LEFT)
-    log = torchrun(2, run_args(corpus, ddp, "--max_iters=4", *common), script=tmp_path / "threads_left.py")
+    log = torchrun(2, small_flags(corpus, ddp, "--max_iters=4", *common), script=tmp_path / "threads_left.py")
     assert "x2 processes" in log and log.count("step 4 |") == 1  # only rank 0 prints
     if sys.platform.startswith("linux"):  # (/proc)
         assert "rank 0: gloo threads left []" in log and "rank 1: gloo threads left []" in log, log[-1500:]
-    torchrun(2, run_args(corpus, ddp, "--max_iters=8", "--init_from=resume", *common))
+    torchrun(2, small_flags(corpus, ddp, "--max_iters=8", "--init_from=resume", *common))
     a, b = [e["loss"] for e in events(one, "train")], [e["loss"] for e in events(ddp, "train")]
     assert len(a) == len(b) == 8
     assert np.allclose(a, b, rtol=0, atol=1e-4), (a, b)
@@ -332,7 +287,7 @@ def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
     ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""
     out = tmp_path / "ddp"
     with checkpoint.RunLock(out):
-        err = torchrun(2, run_args(corpus, out, "--max_iters=4"), ok=False)
+        err = torchrun(2, small_flags(corpus, out, "--max_iters=4"), ok=False)
         assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
         assert [p.name for p in out.iterdir()] == ["run.lock"]
 

@@ -17,30 +17,12 @@ import pytest
 import torch
 
 import checkpoint
-import configurator
 import evaluate
 import prepare
 import sample
 import train
-from configurator import UserError, load_config
-from test_crash import ENV, REPO, data, flags, one_thread, run_train, signal_handlers, snapshot  # noqa: F401
-
-
-def check_one_line(code, err):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-
-
-def cli_error(main, argv, capsys, monkeypatch):
-    """Run main through configurator.cli as the entry points do; returns the error line."""
-    monkeypatch.setattr(sys, "argv", ["prog", *map(str, argv)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        configurator.cli(main)
-    err = capsys.readouterr().err
-    check_one_line(e.value.code, err)
-    return err
+from configurator import load_config
+from conftest import ENV, REPO, check_one_line, cli_error, flags, run_train, snapshot
 
 
 @pytest.fixture(scope="module")

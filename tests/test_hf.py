@@ -21,15 +21,12 @@ import dataloader
 import tokenizer
 import export  # noqa: E402
 import hf  # noqa: E402
-import prepare  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
-from conftest import code_text, prepare_text  # noqa: E402
+from conftest import REPO, check_one_line, cli_error, code_text, events, flags, prepare_text, snapshot  # noqa: E402
 from engine import generate  # noqa: E402
 from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig  # noqa: E402
-from test_crash import REPO, events, flags, snapshot  # noqa: E402
-from test_errors import cli_error, check_one_line  # noqa: E402
 
 transformers = pytest.importorskip("transformers", reason="a test dependency: make test installs requirements-test.txt")
 

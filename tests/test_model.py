@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from configurator import UserError
+from conftest import TINY_GPT, tiny_gpt
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache
-
-TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **kw}))
 
 
 def test_shapes_and_parameter_count():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 50, (3, 10))
     logits, loss = model(idx)
     assert logits.shape == (3, 10, 50) and loss is None
@@ -27,14 +21,14 @@ def test_shapes_and_parameter_count():
 
 
 def test_loss_at_init_is_close_to_uniform():
-    model = tiny()
+    model = tiny_gpt()
     idx, targets = torch.randint(0, 50, (2, 8, 16))
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(50)) < 0.1
 
 
 def test_causality():
-    model = tiny().eval()
+    model = tiny_gpt().eval()
     idx = torch.randint(0, 50, (1, 16))
     changed = idx.clone()
     changed[0, 9] = (idx[0, 9] + 1) % 50
@@ -45,7 +39,7 @@ def test_causality():
 
 
 def test_overfits_one_batch():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 50, (4, 16))
     x, y = idx[:, :-1], idx[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -59,7 +53,7 @@ def test_overfits_one_batch():
 
 @pytest.mark.parametrize("pos_emb,n_kv_head", [("sinusoidal", 2), ("rope", 1)])
 def test_other_positions_and_shared_kv_heads_train(pos_emb, n_kv_head):
-    model = tiny(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head)
+    model = tiny_gpt(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head)
     idx = torch.randint(0, 50, (4, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
@@ -81,7 +75,7 @@ VARIANTS = [(pe, kv) for pe in ("learned", "sinusoidal", "rope") for kv in (1, 2
 
 @pytest.mark.parametrize("pos_emb,n_kv_head", VARIANTS)
 def test_cached_steps_equal_the_full_forward(pos_emb, n_kv_head):
-    model = tiny(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head).eval()
+    model = tiny_gpt(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head).eval()
     idx = torch.randint(0, 50, (2, 16))
     full, _ = model(idx)
     logits, cache = model.step(idx[:, :5])  # prefill 5, then one token at a time
@@ -98,7 +92,7 @@ def test_cached_steps_equal_the_full_forward(pos_emb, n_kv_head):
 
 
 def test_rope_cache_stores_rotated_keys_and_positions_matter():
-    model = tiny(n_head=4, pos_emb="rope").eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope").eval()
     idx = torch.randint(0, 50, (1, 6))
     _, cache = model.step(idx)
     attn = model.blocks[0].attn
@@ -113,36 +107,36 @@ def test_rope_cache_stores_rotated_keys_and_positions_matter():
 
 def test_new_config_defaults_reproduce_the_gpt2_model():
     torch.manual_seed(0)
-    old_style = GPT(GPTConfig(**TINY))
-    model = tiny(pos_emb="learned", n_kv_head=0)
+    old_style = GPT(GPTConfig(**TINY_GPT))
+    model = tiny_gpt(pos_emb="learned", n_kv_head=0)
     assert old_style.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(old_style.state_dict()[k], v) for k, v in model.state_dict().items())
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 32, 32)
     # GQA shrinks the key/value projection; fixed position tables are not parameters
-    assert tiny(n_head=4, n_kv_head=1).blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
-    assert "wpe.weight" not in tiny(pos_emb="rope").state_dict()
-    assert "wpe.weight" not in tiny(pos_emb="sinusoidal").state_dict()
+    assert tiny_gpt(n_head=4, n_kv_head=1).blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
+    assert "wpe.weight" not in tiny_gpt(pos_emb="rope").state_dict()
+    assert "wpe.weight" not in tiny_gpt(pos_emb="sinusoidal").state_dict()
 
 
 def test_recipe_arch_sets_the_options_gpt2_arch_does():
     """RECIPE_ARCH (train.py's modern recipe) changes exactly the options GPT2_ARCH names, into a valid config."""
     assert RECIPE_ARCH.keys() == GPT2_ARCH.keys() and RECIPE_ARCH != GPT2_ARCH
-    model = tiny(**RECIPE_ARCH)
+    model = tiny_gpt(**RECIPE_ARCH)
     assert all(getattr(model.cfg, k) == v for k, v in RECIPE_ARCH.items()) and "wpe.weight" not in model.state_dict()
 
 
 def test_bad_attention_configs_are_user_errors():
     with pytest.raises(UserError, match="n_kv_head=3 must divide n_head=4"):
-        tiny(n_head=4, n_kv_head=3)
+        tiny_gpt(n_head=4, n_kv_head=3)
     with pytest.raises(UserError, match="pos_emb must be one of learned, sinusoidal, rope"):
-        tiny(pos_emb="alibi")
+        tiny_gpt(pos_emb="alibi")
     with pytest.raises(UserError, match="even head size"):
-        tiny(n_head=4, n_embd=36, pos_emb="rope")
+        tiny_gpt(n_head=4, n_embd=36, pos_emb="rope")
 
 
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="longer than block_size"):
-        tiny()(torch.zeros(1, 17, dtype=torch.long))
+        tiny_gpt()(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_kv_cache_writes_in_place():
@@ -160,7 +154,7 @@ def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding
     different places (attention over the cache's slots vs a causal product), so they agree to bf16's precision,
     not bit for bit: bf16 keeps 8 significant bits (steps of 2^-8 = 0.4% of a value), and a few such roundings
     through the layers stay well under 5% of the logits' scale."""
-    model = tiny(n_head=4, pos_emb="rope", qk_norm=True, norm="rmsnorm").eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope", qk_norm=True, norm="rmsnorm").eval()
     for p in model.parameters():
         p.data = p.data.bfloat16()
     idx = torch.randint(0, 50, (2, 16))

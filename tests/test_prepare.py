@@ -19,8 +19,8 @@ import dataloader
 import tokenizer
 import prepare
 from configurator import UserError
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "Zażółć gęślą jaźń!\n\tdef f(x):  return x ** 2  # ok\n\n\n  emoji 🙂 and CJK 漢字\r\n"
 
 
@@ -181,7 +181,7 @@ def test_config_errors():
 
 
 def test_cli_prints_one_line_error():
-    proc = subprocess.run([sys.executable, "prepare.py", "nope"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "prepare.py", "nope"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown dataset 'nope'") and "Traceback" not in proc.stderr
 

@@ -13,22 +13,13 @@ import train
 from configurator import UserError, load_config
 from engine import generate
 from model import GPT, GPTConfig, RMSNorm
-from test_train import corpus, run_train  # noqa: F401 (corpus is a fixture)
-
-TINY_MODEL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
-MODERN = dict(norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True, logit_softcap=10.0,
-              tie_weights=False, pos_emb="rope")
-
-
-def cfg_of(*argv):
-    return load_config(train.TrainConfig(), list(argv))
-
+from conftest import MODERN, TINY_GPT_4H, cfg_of, run_small_log5
 
 # ----------------------------------------------------------------------------- model options
 
 def test_each_option_changes_the_model_as_named():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
     assert isinstance(model.ln_f, RMSNorm) and isinstance(model.blocks[0].ln1, RMSNorm)
     assert isinstance(model.blocks[0].attn.q_norm, RMSNorm) and model.blocks[0].attn.q_norm.weight.shape == (8,)
     x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
@@ -42,13 +33,13 @@ def test_each_option_changes_the_model_as_named():
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 5.0)  # huge logits, softly capped below 10
     assert 9.0 < model(idx)[0].abs().max() < 10.0
-    capped_off = GPT(GPTConfig(**TINY_MODEL, **{**MODERN, "logit_softcap": 0.0}))
+    capped_off = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "logit_softcap": 0.0}))
     capped_off.load_state_dict(model.state_dict())
     assert capped_off(idx)[0].abs().max() > 20.0
 
 
 def test_gpt2_defaults_are_unchanged_by_the_options():
-    base = GPT(GPTConfig(**TINY_MODEL))
+    base = GPT(GPTConfig(**TINY_GPT_4H))
     assert isinstance(base.ln_f, torch.nn.LayerNorm) and not hasattr(base.blocks[0].attn, "q_norm")
     assert base.lm_head.weight is base.wte.weight and base.blocks[0].mlp.act is torch.nn.functional.gelu
     assert torch.count_nonzero(base.blocks[0].attn.proj.weight) > 0
@@ -63,7 +54,7 @@ def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
 
 def test_cached_generation_equals_uncached_with_every_option():
     torch.manual_seed(1)
-    model = GPT(GPTConfig(**TINY_MODEL, **{**MODERN, "zero_init": False})).eval()
+    model = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "zero_init": False})).eval()
     idx = torch.randint(0, 50, (2, 5))
     # greedy tokens must be identical (the logits agree to float32 rounding, see test_model.py)
     assert torch.equal(generate(model, idx, 30, temperature=0), generate(model, idx, 30, temperature=0, cache=False))
@@ -76,7 +67,7 @@ def test_cached_generation_equals_uncached_with_every_option():
 ])
 def test_bad_model_options_are_user_errors(key, value, message):
     with pytest.raises(UserError, match=message):
-        GPTConfig(**TINY_MODEL, **{key: value})
+        GPTConfig(**TINY_GPT_4H, **{key: value})
 
 
 # ----------------------------------------------------------------------------- schedule and optimizers
@@ -98,7 +89,7 @@ def test_wsd_warms_up_holds_then_decays_to_zero_linear_or_sqrt():
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
-    model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
     muon, adamw = optim.make_optimizers(cfg_of("--optimizer=muon", "--muon_lr_scale=2.0", "--lr=1e-3"), model, "cpu")
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -115,7 +106,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
                  "--muon_momentum=0.95", "--beta1=0.9")
-    model = GPT(GPTConfig(**TINY_MODEL))
+    model = GPT(GPTConfig(**TINY_GPT_4H))
     muon, adamw = optim.make_optimizers(cfg, model, "cpu")
     optim.set_schedule([muon, adamw], 1e-3, 0.4, cfg)  # the LR peak: momentum at its lowest
     assert muon.param_groups[0]["momentum"] == pytest.approx(0.8) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.8)
@@ -124,7 +115,7 @@ def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
 
 
 def test_muon_without_hidden_matrices_is_a_user_error():
-    bare = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 0}))  # embeddings and the output layer only
+    bare = GPT(GPTConfig(**{**TINY_GPT_4H, "n_layer": 0}))  # embeddings and the output layer only
     with pytest.raises(UserError, match="optimizer=muon needs 2-D hidden weight matrices.*--optimizer=adamw"):
         optim.make_optimizers(cfg_of("--optimizer=muon", "--n_layer=0"), bare, "cpu")
     assert len(optim.make_optimizers(cfg_of("--optimizer=adamw"), bare, "cpu")) == 1
@@ -146,14 +137,14 @@ def test_bad_recipe_settings_are_user_errors(argv, message):
 
 def test_resume_refuses_flags_for_another_architecture_or_optimizer(corpus, tmp_path):
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=5", "--eval_interval=5")  # TrainConfig's defaults
+    run_small_log5(corpus, out, "--max_iters=5", "--eval_interval=5")  # TrainConfig's defaults
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"}
     d = train.TrainConfig()
     other = {"norm": "layernorm" if d.norm == "rmsnorm" else "rmsnorm", "qk_norm": not d.qk_norm,
              "optimizer": "sgd", "activation": "gelu_tanh", "zero_init": not d.zero_init}
     for key, value in other.items():  # (a flag equal to the default cannot be told apart from no flag)
         with pytest.raises(UserError, match=f"resume keeps the model and optimizer of the checkpoint.*{key}"):
-            run_train(corpus, out, "--max_iters=10", "--init_from=resume", f"--{key}={value}")
+            run_small_log5(corpus, out, "--max_iters=10", "--init_from=resume", f"--{key}={value}")
     assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"}
 
 

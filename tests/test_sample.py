@@ -4,7 +4,6 @@ temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-l
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +13,10 @@ import sample
 import train
 from configurator import UserError, load_config
 from model import GPT, GPTConfig
-from conftest import code_text, prepare_text
+from conftest import REPO, code_text, prepare_text
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
+# the two runs the tests sample from: 30 steps of a 2-layer, 32-wide model on 8 x 24-token batches
+RUN_FLAGS = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
         "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=500", "--max_iters=30", "--eval_interval=30"]
 
 
@@ -31,7 +30,7 @@ def runs(tmp_path_factory):
                         ("lstm", ["--model=lstm", "--n_hidden=32"])):
         out[kind] = root / kind
         train.train(load_config(train.TrainConfig(), [f"--data_dir={root / 'data'}", "--dataset=code",
-                                                      f"--out_dir={out[kind]}", *TINY, *extra]))
+                                                      f"--out_dir={out[kind]}", *RUN_FLAGS, *extra]))
         losses = [e["val_loss"] for e in map(json.loads, open(out[kind] / "metrics.jsonl")) if e["event"] == "eval"]
         assert losses[-1] < losses[0] - 0.5, (kind, losses)  # training works with rope + multi-query, and the LSTM
     return out

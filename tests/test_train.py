@@ -19,9 +19,7 @@ import sample
 import train
 from configurator import UserError, load_config
 from model import build_model, GPT2_ARCH
-from conftest import code_text, prepare_text
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_small_log5
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -104,31 +102,13 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
 # ----------------------------------------------------------------------------- a real tiny run
 
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-        "--eval_iters=2", "--log_interval=5", "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=2000"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A char-level dataset prepared by prepare.py from a slice of the stdlib source."""
-    root = tmp_path_factory.mktemp("corpus")
-    prepare_text(root, "code", code_text() * 3)
-    return root
-
-
-def run_train(corpus, out, *extra):
-    cfg = load_config(train.TrainConfig(), [f"--data_dir={corpus / 'data'}", "--dataset=code",
-                                            f"--out_dir={out}", *TINY, *extra])
-    return train.train(cfg)
-
-
 def losses(out):
     return [e["loss"] for e in map(json.loads, open(Path(out) / "metrics.jsonl")) if e["event"] == "train"]
 
 
 def test_train_writes_a_complete_run(corpus, tmp_path):
     out = tmp_path / "run"
-    results = run_train(corpus, out, "--max_iters=40", "--eval_interval=20")
+    results = run_small_log5(corpus, out, "--max_iters=40", "--eval_interval=20")
     for name in ("ckpt.pt", "last.pt", "config.json", "metrics.jsonl", "results.json", "results.md",
                  "learning_curves.png", "model_summary.txt"):
         assert (out / name).is_file(), name
@@ -150,7 +130,7 @@ def results_vocab(corpus):
 
 def test_best_checkpoint_is_only_replaced_by_a_better_one(corpus, tmp_path):
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=20", "--eval_interval=10", "--lr=0.5", "--warmup_iters=0")  # diverges
+    run_small_log5(corpus, out, "--max_iters=20", "--eval_interval=10", "--lr=0.5", "--warmup_iters=0")  # diverges
     best = torch.load(out / "ckpt.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
     evals = [e for e in map(json.loads, open(out / "metrics.jsonl")) if e["event"] == "eval"]
@@ -164,7 +144,7 @@ GPT2_ADAMW = ["--optimizer=adamw", "--schedule=cosine", *(f"--{k}={v}" for k, v 
 @pytest.mark.parametrize("recipe", [[], GPT2_ADAMW], ids=["defaults-muon", "gpt2-adamw"])
 def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch, recipe):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
+    run_small_log5(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
 
     draw = dataloader.Batches.next
     calls = []
@@ -175,19 +155,19 @@ def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch
             signal.raise_signal(signal.SIGINT)
         return draw(self)
     monkeypatch.setattr(dataloader.Batches, "next", interrupted)
-    first = run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
+    first = run_small_log5(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
     assert first["iters"] == 15
     monkeypatch.undo()
     saved = torch.load(split / "last.pt", weights_only=True)["optimizer"]
     assert len(saved) == (1 if recipe else 2) and all(o["state"] for o in saved)  # Muon's and AdamW's states
-    run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume", *recipe)
+    run_small_log5(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume", *recipe)
     assert losses(split) == losses(straight)  # bit-identical: same batches, dropout masks, optimizer state
     assert len(losses(straight)) == 6 and losses(straight)[-1] < losses(straight)[0] - 0.5
 
 
 def test_sample_from_the_trained_run(corpus, tmp_path):
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=10", "--eval_interval=10")
+    run_small_log5(corpus, out, "--max_iters=10", "--eval_interval=10")
     cfg = load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=def ", "--num_samples=2",
                                               "--max_new_tokens=50", "--seed=3"])
     texts = sample.sample(cfg)
