@@ -1,9 +1,9 @@
-"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them (taking over the dead
-run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C during the final evaluation, the time
-budget across a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving,
-stale *.tmp files.
+"""Faults in a training run (train.py) that must never lose it: SIGTERM and kill -9 on a real `python train.py`,
+resume after them (taking over the dead run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C
+during the final evaluation, the time budget across a resume (fake clock), a nan loss between evals, fp16
+skipped steps, a full disk while saving, stale *.tmp files, a second Ctrl-C.
 
-    python -m pytest -q tests/test_crash.py
+    python -m pytest -q tests/test_train_faults.py
 """
 import functools
 import json
