@@ -1,8 +1,8 @@
 """Every bad input is one line on stderr (`error: ...`), exit code 2, no traceback, and no file is touched:
-config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a run that would be
-overwritten, an out_dir another run holds, an unwritable out_dir, bad prompts. A few go through real
-`python train.py/sample.py` processes, the rest through configurator.cli in process (the same wrapper, without
-the cost of importing torch again).
+config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a malicious checkpoint, a
+run that would be overwritten, an out_dir another run holds, an unwritable out_dir, bad prompts. A few go
+through real `python train.py/sample.py` processes, the rest through configurator.cli in process (the same
+wrapper, without the cost of importing torch again).
 
     python -m pytest -q tests/test_errors.py
 """
@@ -319,3 +319,15 @@ def test_str_fields_take_numbers_and_words_as_text():
     cfg = load_config(train.TrainConfig(), ["--wandb_run_name=2024", "--dataset=None", "--out_dir=1e3"])
     assert (cfg.wandb_run_name, cfg.dataset, cfg.out_dir) == ("2024", "None", "1e3")
     assert os.path.basename(load_config(train.TrainConfig(), ["--out_dir='out/x'"]).out_dir) == "x"
+
+
+# ----------------------------------------------------------------------------- command lines
+
+def test_command_line_errors_are_one_line(corpus, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    r = run("train.py", "--lerning_rate=0.1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown config key 'lerning_rate'" in r.stderr and "Traceback" not in r.stderr
+    r = run("train.py", f"--data_dir={tmp_path}", "--dataset=nope")
+    assert r.returncode == 2 and "python prepare.py" in r.stderr and "Traceback" not in r.stderr

@@ -1,11 +1,13 @@
 """engine.py: sampling filters and draws, generation (greedy, seeded, streamed, sliding past block_size,
-cached = uncached), the compiled one-token step and int8 weights; on a GPU, the CUDA-graph step."""
+cached = uncached, with every option of the modern recipe too), the compiled one-token step and int8 weights;
+on a GPU, the CUDA-graph step. engine.Session on trained runs is test_sample.py's."""
 import pytest
 import torch
 
 import engine
 from engine import Int8Linear, compile_step, draw, filter_logits, for_generation, generate, pick, quantize_int8, stream
-from conftest import tiny_gpt
+from conftest import MODERN, TINY_GPT_4H, tiny_gpt
+from model import GPT, GPTConfig
 
 
 def test_filters_never_keep_a_filtered_token():
@@ -173,3 +175,13 @@ def test_cuda_graph_step_generates_what_eager_does():
     compile_step(model, "cuda")
     kw[1]["generator"].manual_seed(3)
     assert [torch.equal(generate(model, prompt, 40, **k), w) for k, w in zip(kw, want)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- the modern recipe's options
+
+def test_cached_generation_equals_uncached_with_every_option():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "zero_init": False})).eval()
+    idx = torch.randint(0, 50, (2, 5))
+    # greedy tokens must be identical (the logits agree to float32 rounding, see test_model.py)
+    assert torch.equal(generate(model, idx, 30, temperature=0), generate(model, idx, 30, temperature=0, cache=False))

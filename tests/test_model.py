@@ -1,13 +1,17 @@
 """model.py: shapes, loss at init, causality, overfitting, the KV cache for every position encoding and
-key/value head count (in float32, and in bfloat16 within its rounding). Generation is test_generation.py's."""
+key/value head count (in float32, and in bfloat16 within its rounding); the modern recipe's options (RMSNorm,
+QK-norm, ReLU², zero-init, logit soft-capping) and their bad values; a shipped config's parameter count.
+Generation is test_generation.py's."""
 import math
 
 import pytest
 import torch
 
-from configurator import UserError
-from conftest import TINY_GPT, tiny_gpt
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache
+import checkpoint
+import train
+from configurator import UserError, load_config
+from conftest import MODERN, REPO, TINY_GPT, TINY_GPT_4H, tiny_gpt
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model
 
 
 def test_shapes_and_parameter_count():
@@ -165,3 +169,61 @@ def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding
     cached = torch.cat(parts, dim=1).float()
     scale = full.float().abs().max().item()
     torch.testing.assert_close(cached, full.float(), atol=0.05 * scale, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the modern recipe's options
+
+def test_each_option_changes_the_model_as_named():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    assert isinstance(model.ln_f, RMSNorm) and isinstance(model.blocks[0].ln1, RMSNorm)
+    assert isinstance(model.blocks[0].attn.q_norm, RMSNorm) and model.blocks[0].attn.q_norm.weight.shape == (8,)
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
+    assert torch.equal(model.blocks[0].mlp.act(x), torch.tensor([0.0, 0.0, 0.0, 2.25]))  # ReLU squared
+    for name, p in model.named_parameters():  # every block starts as the identity, the head as uniform
+        if name.endswith("proj.weight") or name == "lm_head.weight":
+            assert torch.count_nonzero(p) == 0, name
+    idx = torch.randint(0, 50, (2, 16))
+    logits, loss = model(idx, idx)
+    assert loss.item() == pytest.approx(math.log(50), abs=1e-6)  # zero logits: exactly uniform
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 5.0)  # huge logits, softly capped below 10
+    assert 9.0 < model(idx)[0].abs().max() < 10.0
+    capped_off = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "logit_softcap": 0.0}))
+    capped_off.load_state_dict(model.state_dict())
+    assert capped_off(idx)[0].abs().max() > 20.0
+
+
+def test_gpt2_defaults_are_unchanged_by_the_options():
+    base = GPT(GPTConfig(**TINY_GPT_4H))
+    assert isinstance(base.ln_f, torch.nn.LayerNorm) and not hasattr(base.blocks[0].attn, "q_norm")
+    assert base.lm_head.weight is base.wte.weight and base.blocks[0].mlp.act is torch.nn.functional.gelu
+    assert torch.count_nonzero(base.blocks[0].attn.proj.weight) > 0
+
+
+def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
+    norm = RMSNorm(16)
+    x = torch.randn(4, 16) * 100
+    assert torch.allclose(norm(x), x / x.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("norm", "batchnorm", "norm must be one of layernorm, rmsnorm"),
+    ("activation", "swish", "activation must be one of gelu"),
+    ("logit_softcap", -1.0, "logit_softcap must be >= 0"),
+])
+def test_bad_model_options_are_user_errors(key, value, message):
+    with pytest.raises(UserError, match=message):
+        GPTConfig(**TINY_GPT_4H, **{key: value})
+
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+def test_plwiki_gpt_config_has_seed_001s_parameter_count():
+    cfg = load_config(train.TrainConfig(), [str(REPO / "config/plwiki_gpt.py")])
+    with torch.device("meta"):  # no memory, no init time
+        model = build_model(cfg.model, checkpoint.model_args(cfg, 32000))
+    # the seed reports 134,367,744 with its 32k vocabulary; ours has 12 x 3072 more (attention biases)
+    assert model.num_params() == 134_367_744 + 12 * 4 * 768

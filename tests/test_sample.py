@@ -1,6 +1,7 @@
 """sample.py and engine.py's Session on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by
 train.train): batches of samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x
-temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input."""
+temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input; and
+sample.sample on the end-to-end run of test_train.py's flags (SMALL_LOG5)."""
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import sample
 import train
 from configurator import UserError, load_config
 from model import GPT, GPTConfig
-from conftest import REPO, code_text, prepare_text
+from conftest import REPO, code_text, prepare_text, run_small_log5
 
 # the two runs the tests sample from: 30 steps of a 2-layer, 32-wide model on 8 x 24-token batches
 RUN_FLAGS = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
@@ -174,3 +175,18 @@ def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
     assert compiled == [session.model] and got["compile_s"] is not None
     assert got["samples"] == want["samples"] and "compiled; its first step" in sample.speed_line(got)
 
+
+# ----------------------------------------------------------------------------- a run trained with the end-to-end flags
+
+def test_sample_from_the_trained_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    run_small_log5(corpus, out, "--max_iters=10", "--eval_interval=10")
+    cfg = load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=def ", "--num_samples=2",
+                                              "--max_new_tokens=50", "--seed=3"])
+    texts = sample.sample(cfg)
+    assert len(texts) == 2 and all(t.startswith("def ") and len(t) == 54 for t in texts)
+    assert sample.sample(cfg) == texts  # same seed, same samples
+    with pytest.raises(UserError, match="is not in this dataset.s vocabulary"):
+        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=\u2603 snowman"]))
+    with pytest.raises(UserError, match="no checkpoint at"):
+        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={tmp_path / 'nothing'}"]))
