@@ -36,7 +36,7 @@ DEPS := deps-external
 TEST_DEPS := deps-external-test
 endif
 
-.PHONY: all deps deps-external deps-external-test data train sample test stress bench compare clean
+.PHONY: all deps deps-external deps-external-test data train sample test test-fast stress bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
@@ -74,6 +74,9 @@ sample: $(DEPS)
 
 test: $(TEST_DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
+
+test-fast: $(TEST_DEPS)
+	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q -m "not slow" tests
 
 stress: $(DEPS)
 	bash tests/stress_ddp.sh $(RUNS) $(PYTHON)

@@ -2,6 +2,10 @@
 helpers that run train.py in process and read what a run wrote, the one-line error checks, and the fixtures for
 ../shared (offline data, an offline tiktoken cache for gpt2). Test files import these (`from conftest import
 ...`), never each other.
+
+Tests that start subprocesses (train.py, sample.py, prepare.py, torchrun, make), DDP and benchmark tests, and
+any test that takes more than ~3 s are marked `slow` (pytest.ini): `pytest -m "not slow"` (make test-fast) is
+the quick local loop; plain `pytest` (make test, CI) runs everything.
 """
 import hashlib
 import json

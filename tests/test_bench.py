@@ -11,6 +11,8 @@ import optim
 import train
 from configurator import UserError, load_config
 
+pytestmark = pytest.mark.slow  # benchmarks (the budget comparison runs train.py in subprocesses)
+
 
 def test_bench_times_every_setting_on_one_model():
     import bench

@@ -3,7 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, code_text, prepare_text
+
+pytestmark = pytest.mark.slow  # make compare: two train.py runs and compare.py, in subprocesses
 
 # both runs: tiny shapes (the LSTM's too), 12 steps, make's ARGS
 TINY_ARGS = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "

@@ -48,6 +48,7 @@ def dataset(data, tmp_path):
 
 # ----------------------------------------------------------------------------- real processes
 
+@pytest.mark.slow
 def test_real_command_lines(run, data):
     def cli(script, *args):
         r = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
@@ -76,6 +77,7 @@ class CreatesAFile:
         return open, (str(self.path), "w")
 
 
+@pytest.mark.slow
 def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
     pwned = tmp_path / "pwned"
     ckpt = checkpoint.load_checkpoint(run / "ckpt.pt")
@@ -323,6 +325,7 @@ def test_str_fields_take_numbers_and_words_as_text():
 
 # ----------------------------------------------------------------------------- command lines
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(corpus, tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)

@@ -112,6 +112,7 @@ def test_import_reads_openai_s_layout_and_sharded_weights(tmp_path):
             assert (got - want).abs().max().item() < ATOL, d
 
 
+@pytest.mark.slow
 def test_hub_names_come_from_the_huggingface_cache(gpt2_dir, gpt2_offline, tmp_path):
     """`sample.py --init_from=gpt2` in a real process, its files in a Hugging Face cache laid out as
     hf_hub_download leaves it (no network: HF_HUB_OFFLINE); the text is transformers' greedy continuation."""
@@ -139,6 +140,7 @@ def test_hub_names_come_from_the_huggingface_cache(gpt2_dir, gpt2_offline, tmp_p
     assert "and it is not cached" in r.stderr and "init_from=hf:DIR" in r.stderr
 
 
+@pytest.mark.slow
 def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monkeypatch, capsys):
     """--init_from=gpt2 with the Hub download replaced by the tiny model's files (everything after it is real)."""
     monkeypatch.setattr(hf, "hub_download", lambda repo, filename: str(gpt2_dir / filename))

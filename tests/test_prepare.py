@@ -107,6 +107,7 @@ def test_config_errors():
         run("wikitext2", "--variant=v2")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_error():
     proc = subprocess.run([sys.executable, "prepare.py", "nope"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
@@ -297,6 +298,7 @@ def test_plwiki_errors(tmp_path):
         run("plwiki", f"--source={tmp_path / 'bad.jsonl.zst'}", f"--data_dir={tmp_path}", "--tokenizer=byte")
 
 
+@pytest.mark.slow
 def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
     results = prepare.benchmark(mb=0.3, plwiki_mb=(1, 8))
     assert results["text_MB"] >= 0.3

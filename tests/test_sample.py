@@ -118,6 +118,7 @@ def test_prompts_by_temperatures_grid_writes_json(runs, tmp_path, capsys):
     assert json.loads((runs["lstm"] / "generations.json").read_text())["temperatures"] == [0.7]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_user_error(runs, tmp_path):
     run = f"--out_dir={runs['gpt']}"
     cases = [([f"--prompts={tmp_path / 'missing.txt'}"], "cannot read the prompts file"),

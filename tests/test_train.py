@@ -241,6 +241,7 @@ print(f"rank {os.environ['RANK']}: gloo threads left {sorted(n for n in names if
 """
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corpus, tmp_path):
     """2 gloo processes with grad_accum=2 draw exactly the windows of 1 process with grad_accum=2 (process r
     takes micro-batch r of each step) and both sum g0/2 + g1/2, so the curves agree: in our runs bit for bit
@@ -269,6 +270,7 @@ def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corp
     assert not any(k.startswith("module.") for k in keys)
 
 
+@pytest.mark.slow
 def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
     """Rank 0 alone takes the run lock, before the processes connect: held by another run, rank 0's one line
     ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""

@@ -44,6 +44,7 @@ def all_finite(state_dict):
 
 # ----------------------------------------------------------------------------- real processes
 
+@pytest.mark.slow
 def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train.py", *flags(data, out, "--max_iters=100000",
@@ -64,6 +65,7 @@ def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     assert (out / "results.md").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(data, tmp_path):
     """The run lock: a second train.py on a running out_dir (resumed or fresh) is one line and exit code 2, and
     every file stays as it was; sample.py still reads the running run; the lock goes when the run ends."""
@@ -133,6 +135,7 @@ def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the
     assert {name: snapshot(out)[name] for name in before} == before  # scoring never touches the checkpoints
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "train.py", *flags(data, out, "--max_iters=60", "--eval_interval=10", "--log_interval=5")]
