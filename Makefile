@@ -2,6 +2,7 @@
 #
 #   make                       install, prepare pycode, train config/quickstart.py, print samples
 #   make test                  install (requirements.txt, then requirements-test.txt), run the test suite (CI)
+#   make test-fast             the same without the tests marked slow (subprocesses, DDP, benchmarks)
 #   make stress RUNS=30        the 2-process DDP test scenario RUNS times back to back; counts failures (not in CI)
 #   make data DATASET=enwik8   prepare a dataset (pycode, text, enwik8, wikitext2, plwiki); ARGS="--tokenizer=char"
 #   make train CONFIG=config/char_enwik8.py ARGS="--lr=0.1"
@@ -37,7 +38,7 @@ DEPS := deps-external
 TEST_DEPS := deps-external-test
 endif
 
-.PHONY: all deps deps-external deps-external-test data train sample evaluate test stress bench compare clean
+.PHONY: all deps deps-external deps-external-test data train sample evaluate test test-fast stress bench compare clean
 
 all: $(DEPS) data/pycode/meta.json
 	rm -rf out/quickstart  # `make` is the demo: each run starts it afresh (train.py never overwrites a run itself)
@@ -79,6 +80,9 @@ evaluate: $(DEPS)
 
 test: $(TEST_DEPS)
 	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q tests
+
+test-fast: $(TEST_DEPS)
+	@$(OFFLINE_BPE) $(PYTHON) -m pytest -q -m "not slow" tests
 
 stress: $(DEPS)
 	bash tests/stress_ddp.sh $(RUNS) $(PYTHON)

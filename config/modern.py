@@ -1,7 +1,7 @@
 # The modern recipe as a layer over any GPT config: its architecture, optimizer and schedule (TrainConfig's
 # defaults, measured by `python bench.py budget`), keeping the size, data and budget of the config under it.
 #   python train.py config/char_enwik8.py config/modern.py     # seed 004's model size, the modern recipe
-# tests/test_recipe.py checks that these values are TrainConfig's. The peak LR, 4e-3, was measured on
+# tests/test_train.py checks that these values are TrainConfig's. The peak LR, 4e-3, was measured on
 # 4 x 128 models; bigger ones usually want less (try --lr=1e-3, or --lr_find=True).
 pos_emb = "rope"
 norm = "rmsnorm"

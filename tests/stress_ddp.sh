@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 2-process DDP scenario of tests/test_engine.py (gloo on the CPU: train 4 steps, then resume to 8 under
+# The 2-process DDP scenario of tests/test_train.py (gloo on the CPU: train 4 steps, then resume to 8 under
 # torchrun), run RUNS times back to back; counts the runs where either torchrun failed. Not part of `make test`:
 #
 #   make stress                       # 30 runs

@@ -2,20 +2,23 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import code_text, prepare_text
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "
-        "--eval_interval=6 --eval_iters=2 --log_interval=3 --final_eval_tokens=300")
+from conftest import REPO, code_text, prepare_text
+
+pytestmark = pytest.mark.slow  # make compare: two train.py runs and compare.py, in subprocesses
+
+# both runs: tiny shapes (the LSTM's too), 12 steps, make's ARGS
+TINY_ARGS = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "
+             "--eval_interval=6 --eval_iters=2 --log_interval=3 --final_eval_tokens=300")
 
 
 def test_make_compare_writes_the_report(tmp_path):
     prepare_text(tmp_path, "code", code_text())
     out = tmp_path / "cmp"
     r = subprocess.run(["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
-                        f"COMPARE_DIR={out}", f"ARGS={TINY} --data_dir={tmp_path / 'data'}"],
+                        f"COMPARE_DIR={out}", f"ARGS={TINY_ARGS} --data_dir={tmp_path / 'data'}"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for name in ("report.md", "curves_tokens.png", "curves_time.png"):

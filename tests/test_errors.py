@@ -1,8 +1,8 @@
 """Every bad input is one line on stderr (`error: ...`), exit code 2, no traceback, and no file is touched:
-config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a run that would be
-overwritten, an out_dir another run holds, an unwritable out_dir, bad prompts. A few go through real
-`python train.py/sample.py` processes, the rest through configurator.cli in process (the same wrapper, without
-the cost of importing torch again).
+config mistakes, unprepared or damaged datasets, mismatched or damaged checkpoints, a malicious checkpoint, a
+run that would be overwritten, an out_dir another run holds, an unwritable out_dir, bad prompts. A few go
+through real `python train.py/sample.py` processes, the rest through configurator.cli in process (the same
+wrapper, without the cost of importing torch again).
 
     python -m pytest -q tests/test_errors.py
 """
@@ -17,30 +17,12 @@ import pytest
 import torch
 
 import checkpoint
-import configurator
 import evaluate
 import prepare
 import sample
 import train
-from configurator import UserError, load_config
-from test_crash import ENV, REPO, data, flags, one_thread, run_train, signal_handlers, snapshot  # noqa: F401
-
-
-def check_one_line(code, err):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-
-
-def cli_error(main, argv, capsys, monkeypatch):
-    """Run main through configurator.cli as the entry points do; returns the error line."""
-    monkeypatch.setattr(sys, "argv", ["prog", *map(str, argv)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        configurator.cli(main)
-    err = capsys.readouterr().err
-    check_one_line(e.value.code, err)
-    return err
+from configurator import load_config
+from conftest import ENV, REPO, check_one_line, cli_error, flags, run_train, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +48,7 @@ def dataset(data, tmp_path):
 
 # ----------------------------------------------------------------------------- real processes
 
+@pytest.mark.slow
 def test_real_command_lines(run, data):
     def cli(script, *args):
         r = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
@@ -94,6 +77,7 @@ class CreatesAFile:
         return open, (str(self.path), "w")
 
 
+@pytest.mark.slow
 def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
     pwned = tmp_path / "pwned"
     ckpt = checkpoint.load_checkpoint(run / "ckpt.pt")
@@ -337,3 +321,16 @@ def test_str_fields_take_numbers_and_words_as_text():
     cfg = load_config(train.TrainConfig(), ["--wandb_run_name=2024", "--dataset=None", "--out_dir=1e3"])
     assert (cfg.wandb_run_name, cfg.dataset, cfg.out_dir) == ("2024", "None", "1e3")
     assert os.path.basename(load_config(train.TrainConfig(), ["--out_dir='out/x'"]).out_dir) == "x"
+
+
+# ----------------------------------------------------------------------------- command lines
+
+@pytest.mark.slow
+def test_command_line_errors_are_one_line(corpus, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    r = run("train.py", "--lerning_rate=0.1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown config key 'lerning_rate'" in r.stderr and "Traceback" not in r.stderr
+    r = run("train.py", f"--data_dir={tmp_path}", "--dataset=nope")
+    assert r.returncode == 2 and "python prepare.py" in r.stderr and "Traceback" not in r.stderr

@@ -1,18 +1,13 @@
 """engine.py: sampling filters and draws, generation (greedy, seeded, streamed, sliding past block_size,
-cached = uncached), the compiled one-token step and int8 weights; on a GPU, the CUDA-graph step."""
+cached = uncached, with every option of the modern recipe too), the compiled one-token step and int8 weights;
+on a GPU, the CUDA-graph step. engine.Session on trained runs is test_sample.py's."""
 import pytest
 import torch
 
 import engine
 from engine import Int8Linear, compile_step, draw, filter_logits, for_generation, generate, pick, quantize_int8, stream
+from conftest import MODERN, TINY_GPT_4H, tiny_gpt
 from model import GPT, GPTConfig
-
-TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **kw}))
 
 
 def test_filters_never_keep_a_filtered_token():
@@ -44,7 +39,7 @@ def test_draw_samples_the_given_probabilities():
 
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 def test_generate_greedy_is_deterministic_and_slides_past_block_size(pos_emb):
-    model = tiny(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
+    model = tiny_gpt(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
     prompt = torch.randint(0, 50, (2, 4))
     a = generate(model, prompt, 40, temperature=0)  # 44 tokens > block_size 16
     b = generate(model, prompt, 40, temperature=0)
@@ -61,7 +56,7 @@ def test_generate_greedy_is_deterministic_and_slides_past_block_size(pos_emb):
 def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, slide, monkeypatch):
     """Every step's logits, cached or recomputed from the window, agree to float32 rounding, also after
     the window has slid past block_size (the tokens alone can agree by chance); slide=1 is nanoGPT's crop."""
-    model = tiny(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
+    model = tiny_gpt(pos_emb=pos_emb, n_head=4, n_kv_head=2).eval()
     prompt = torch.randint(0, 50, (2, 3))
     seen = {True: [], False: []}
     for cache in (True, False):
@@ -78,14 +73,14 @@ def test_cached_steps_see_the_logits_of_the_full_context_across_slides(pos_emb, 
 
 
 def test_slide_must_fit_the_context():
-    model = tiny().eval()
+    model = tiny_gpt().eval()
     for slide in (0, 17):
         with pytest.raises(ValueError, match="slide"):
             generate(model, torch.zeros(1, 2, dtype=torch.long), 3, slide=slide)
 
 
 def test_sampled_generation_is_the_same_cached_or_not():
-    model = tiny(pos_emb="sinusoidal").eval()
+    model = tiny_gpt(pos_emb="sinusoidal").eval()
     prompt = torch.randint(0, 50, (3, 3))
     runs = [generate(model, prompt, 30, temperature=1.0, top_p=0.9, cache=c,
                      generator=torch.Generator().manual_seed(5)) for c in (True, False)]
@@ -93,7 +88,7 @@ def test_sampled_generation_is_the_same_cached_or_not():
 
 
 def test_stream_yields_one_step_at_a_time_and_can_stop_early():
-    model = tiny().eval()
+    model = tiny_gpt().eval()
     prompt = torch.randint(0, 50, (2, 3))
     steps = []
     for nxt in stream(model, prompt, 100, temperature=0):
@@ -106,7 +101,7 @@ def test_stream_yields_one_step_at_a_time_and_can_stop_early():
 
 
 def test_same_seed_same_samples():
-    model = tiny().eval()
+    model = tiny_gpt().eval()
     prompt = torch.zeros(3, 1, dtype=torch.long)
     runs = [generate(model, prompt, 20, temperature=1.0, top_k=10,
                      generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
@@ -134,7 +129,7 @@ def test_compiled_step_compiles_once_as_the_position_advances_and_slides():
     steps after a slide too (the window is refilled in the same cache), and it generates what eager does."""
     from torch._dynamo.testing import CompileCounter
     torch._dynamo.reset()
-    model = tiny(n_head=4, pos_emb="rope", n_kv_head=2).eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope", n_kv_head=2).eval()
     prompt = torch.randint(0, 50, (2, 4))
     want = generate(model, prompt, 30, temperature=0)  # 34 tokens > block_size 16: slides
     counter = CompileCounter()
@@ -150,7 +145,7 @@ def test_compiled_step_compiles_once_as_the_position_advances_and_slides():
 def test_int8_weights_stay_close_and_generate():
     """Weight-only int8 (one absmax scale per output row): each weight moves by at most half a step
     (scale / 2), so the logits move by a small fraction of their scale; generation runs on it."""
-    model = tiny(n_head=4, pos_emb="rope", tie_weights=True).eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope", tie_weights=True).eval()
     idx = torch.randint(0, 50, (2, 12))
     with torch.no_grad():
         want, _ = model(idx)
@@ -173,10 +168,20 @@ def test_cuda_graph_step_generates_what_eager_does():
     """On a GPU: the compiled step that engine.py makes there (CUDA graphs, static cache buffers) gives the
     eager tokens, greedy and sampled (the sampler's draw on the device), across slides. fp32, where the
     two paths differ by rounding only (~1e-6): only two choices that close could come out differently."""
-    model = for_generation(tiny(n_head=4, pos_emb="rope", n_kv_head=2).cuda().eval(), "cuda", "float32")
+    model = for_generation(tiny_gpt(n_head=4, pos_emb="rope", n_kv_head=2).cuda().eval(), "cuda", "float32")
     prompt = torch.randint(0, 50, (2, 1), device="cuda")
     kw = [dict(temperature=0), dict(temperature=1.0, top_k=10, generator=torch.Generator("cuda").manual_seed(3))]
     want = [generate(model, prompt, 40, **k) for k in kw]  # 41 tokens > block_size 16: slides
     compile_step(model, "cuda")
     kw[1]["generator"].manual_seed(3)
     assert [torch.equal(generate(model, prompt, 40, **k), w) for k, w in zip(kw, want)] == [True, True]
+
+
+# ----------------------------------------------------------------------------- the modern recipe's options
+
+def test_cached_generation_equals_uncached_with_every_option():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "zero_init": False})).eval()
+    idx = torch.randint(0, 50, (2, 5))
+    # greedy tokens must be identical (the logits agree to float32 rounding, see test_model.py)
+    assert torch.equal(generate(model, idx, 30, temperature=0), generate(model, idx, 30, temperature=0, cache=False))

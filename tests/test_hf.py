@@ -21,15 +21,12 @@ import dataloader
 import tokenizer
 import export  # noqa: E402
 import hf  # noqa: E402
-import prepare  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
-from conftest import code_text, prepare_text  # noqa: E402
+from conftest import REPO, check_one_line, cli_error, code_text, events, flags, prepare_text, snapshot  # noqa: E402
 from engine import generate  # noqa: E402
 from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig  # noqa: E402
-from test_crash import REPO, events, flags, snapshot  # noqa: E402
-from test_errors import cli_error, check_one_line  # noqa: E402
 
 transformers = pytest.importorskip("transformers", reason="a test dependency: make test installs requirements-test.txt")
 
@@ -115,6 +112,7 @@ def test_import_reads_openai_s_layout_and_sharded_weights(tmp_path):
             assert (got - want).abs().max().item() < ATOL, d
 
 
+@pytest.mark.slow
 def test_hub_names_come_from_the_huggingface_cache(gpt2_dir, gpt2_offline, tmp_path):
     """`sample.py --init_from=gpt2` in a real process, its files in a Hugging Face cache laid out as
     hf_hub_download leaves it (no network: HF_HUB_OFFLINE); the text is transformers' greedy continuation."""
@@ -142,6 +140,7 @@ def test_hub_names_come_from_the_huggingface_cache(gpt2_dir, gpt2_offline, tmp_p
     assert "and it is not cached" in r.stderr and "init_from=hf:DIR" in r.stderr
 
 
+@pytest.mark.slow
 def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monkeypatch, capsys):
     """--init_from=gpt2 with the Hub download replaced by the tiny model's files (everything after it is real)."""
     monkeypatch.setattr(hf, "hub_download", lambda repo, filename: str(gpt2_dir / filename))

@@ -1,23 +1,21 @@
 """model.py: shapes, loss at init, causality, overfitting, the KV cache for every position encoding and
-key/value head count (in float32, and in bfloat16 within its rounding). Generation is test_generation.py's."""
+key/value head count (in float32, and in bfloat16 within its rounding); the modern recipe's options (RMSNorm,
+QK-norm, ReLU², zero-init, logit soft-capping) and their bad values; a shipped config's parameter count.
+Generation is test_generation.py's."""
 import math
 
 import pytest
 import torch
 
-from configurator import UserError
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache
-
-TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **kw}))
+import checkpoint
+import train
+from configurator import UserError, load_config
+from conftest import MODERN, REPO, TINY_GPT, TINY_GPT_4H, tiny_gpt
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model
 
 
 def test_shapes_and_parameter_count():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 50, (3, 10))
     logits, loss = model(idx)
     assert logits.shape == (3, 10, 50) and loss is None
@@ -27,14 +25,14 @@ def test_shapes_and_parameter_count():
 
 
 def test_loss_at_init_is_close_to_uniform():
-    model = tiny()
+    model = tiny_gpt()
     idx, targets = torch.randint(0, 50, (2, 8, 16))
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(50)) < 0.1
 
 
 def test_causality():
-    model = tiny().eval()
+    model = tiny_gpt().eval()
     idx = torch.randint(0, 50, (1, 16))
     changed = idx.clone()
     changed[0, 9] = (idx[0, 9] + 1) % 50
@@ -45,7 +43,7 @@ def test_causality():
 
 
 def test_overfits_one_batch():
-    model = tiny()
+    model = tiny_gpt()
     idx = torch.randint(0, 50, (4, 16))
     x, y = idx[:, :-1], idx[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -59,7 +57,7 @@ def test_overfits_one_batch():
 
 @pytest.mark.parametrize("pos_emb,n_kv_head", [("sinusoidal", 2), ("rope", 1)])
 def test_other_positions_and_shared_kv_heads_train(pos_emb, n_kv_head):
-    model = tiny(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head)
+    model = tiny_gpt(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head)
     idx = torch.randint(0, 50, (4, 16))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
@@ -81,7 +79,7 @@ VARIANTS = [(pe, kv) for pe in ("learned", "sinusoidal", "rope") for kv in (1, 2
 
 @pytest.mark.parametrize("pos_emb,n_kv_head", VARIANTS)
 def test_cached_steps_equal_the_full_forward(pos_emb, n_kv_head):
-    model = tiny(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head).eval()
+    model = tiny_gpt(n_head=4, pos_emb=pos_emb, n_kv_head=n_kv_head).eval()
     idx = torch.randint(0, 50, (2, 16))
     full, _ = model(idx)
     logits, cache = model.step(idx[:, :5])  # prefill 5, then one token at a time
@@ -98,7 +96,7 @@ def test_cached_steps_equal_the_full_forward(pos_emb, n_kv_head):
 
 
 def test_rope_cache_stores_rotated_keys_and_positions_matter():
-    model = tiny(n_head=4, pos_emb="rope").eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope").eval()
     idx = torch.randint(0, 50, (1, 6))
     _, cache = model.step(idx)
     attn = model.blocks[0].attn
@@ -113,36 +111,36 @@ def test_rope_cache_stores_rotated_keys_and_positions_matter():
 
 def test_new_config_defaults_reproduce_the_gpt2_model():
     torch.manual_seed(0)
-    old_style = GPT(GPTConfig(**TINY))
-    model = tiny(pos_emb="learned", n_kv_head=0)
+    old_style = GPT(GPTConfig(**TINY_GPT))
+    model = tiny_gpt(pos_emb="learned", n_kv_head=0)
     assert old_style.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(old_style.state_dict()[k], v) for k, v in model.state_dict().items())
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 32, 32)
     # GQA shrinks the key/value projection; fixed position tables are not parameters
-    assert tiny(n_head=4, n_kv_head=1).blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
-    assert "wpe.weight" not in tiny(pos_emb="rope").state_dict()
-    assert "wpe.weight" not in tiny(pos_emb="sinusoidal").state_dict()
+    assert tiny_gpt(n_head=4, n_kv_head=1).blocks[0].attn.qkv.weight.shape == (32 + 2 * 8, 32)
+    assert "wpe.weight" not in tiny_gpt(pos_emb="rope").state_dict()
+    assert "wpe.weight" not in tiny_gpt(pos_emb="sinusoidal").state_dict()
 
 
 def test_recipe_arch_sets_the_options_gpt2_arch_does():
     """RECIPE_ARCH (train.py's modern recipe) changes exactly the options GPT2_ARCH names, into a valid config."""
     assert RECIPE_ARCH.keys() == GPT2_ARCH.keys() and RECIPE_ARCH != GPT2_ARCH
-    model = tiny(**RECIPE_ARCH)
+    model = tiny_gpt(**RECIPE_ARCH)
     assert all(getattr(model.cfg, k) == v for k, v in RECIPE_ARCH.items()) and "wpe.weight" not in model.state_dict()
 
 
 def test_bad_attention_configs_are_user_errors():
     with pytest.raises(UserError, match="n_kv_head=3 must divide n_head=4"):
-        tiny(n_head=4, n_kv_head=3)
+        tiny_gpt(n_head=4, n_kv_head=3)
     with pytest.raises(UserError, match="pos_emb must be one of learned, sinusoidal, rope"):
-        tiny(pos_emb="alibi")
+        tiny_gpt(pos_emb="alibi")
     with pytest.raises(UserError, match="even head size"):
-        tiny(n_head=4, n_embd=36, pos_emb="rope")
+        tiny_gpt(n_head=4, n_embd=36, pos_emb="rope")
 
 
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="longer than block_size"):
-        tiny()(torch.zeros(1, 17, dtype=torch.long))
+        tiny_gpt()(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_kv_cache_writes_in_place():
@@ -160,7 +158,7 @@ def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding
     different places (attention over the cache's slots vs a causal product), so they agree to bf16's precision,
     not bit for bit: bf16 keeps 8 significant bits (steps of 2^-8 = 0.4% of a value), and a few such roundings
     through the layers stay well under 5% of the logits' scale."""
-    model = tiny(n_head=4, pos_emb="rope", qk_norm=True, norm="rmsnorm").eval()
+    model = tiny_gpt(n_head=4, pos_emb="rope", qk_norm=True, norm="rmsnorm").eval()
     for p in model.parameters():
         p.data = p.data.bfloat16()
     idx = torch.randint(0, 50, (2, 16))
@@ -171,3 +169,61 @@ def test_cached_decode_in_bfloat16_matches_the_full_forward_within_bf16_rounding
     cached = torch.cat(parts, dim=1).float()
     scale = full.float().abs().max().item()
     torch.testing.assert_close(cached, full.float(), atol=0.05 * scale, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the modern recipe's options
+
+def test_each_option_changes_the_model_as_named():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    assert isinstance(model.ln_f, RMSNorm) and isinstance(model.blocks[0].ln1, RMSNorm)
+    assert isinstance(model.blocks[0].attn.q_norm, RMSNorm) and model.blocks[0].attn.q_norm.weight.shape == (8,)
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
+    assert torch.equal(model.blocks[0].mlp.act(x), torch.tensor([0.0, 0.0, 0.0, 2.25]))  # ReLU squared
+    for name, p in model.named_parameters():  # every block starts as the identity, the head as uniform
+        if name.endswith("proj.weight") or name == "lm_head.weight":
+            assert torch.count_nonzero(p) == 0, name
+    idx = torch.randint(0, 50, (2, 16))
+    logits, loss = model(idx, idx)
+    assert loss.item() == pytest.approx(math.log(50), abs=1e-6)  # zero logits: exactly uniform
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 5.0)  # huge logits, softly capped below 10
+    assert 9.0 < model(idx)[0].abs().max() < 10.0
+    capped_off = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "logit_softcap": 0.0}))
+    capped_off.load_state_dict(model.state_dict())
+    assert capped_off(idx)[0].abs().max() > 20.0
+
+
+def test_gpt2_defaults_are_unchanged_by_the_options():
+    base = GPT(GPTConfig(**TINY_GPT_4H))
+    assert isinstance(base.ln_f, torch.nn.LayerNorm) and not hasattr(base.blocks[0].attn, "q_norm")
+    assert base.lm_head.weight is base.wte.weight and base.blocks[0].mlp.act is torch.nn.functional.gelu
+    assert torch.count_nonzero(base.blocks[0].attn.proj.weight) > 0
+
+
+def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
+    norm = RMSNorm(16)
+    x = torch.randn(4, 16) * 100
+    assert torch.allclose(norm(x), x / x.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-4)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("norm", "batchnorm", "norm must be one of layernorm, rmsnorm"),
+    ("activation", "swish", "activation must be one of gelu"),
+    ("logit_softcap", -1.0, "logit_softcap must be >= 0"),
+])
+def test_bad_model_options_are_user_errors(key, value, message):
+    with pytest.raises(UserError, match=message):
+        GPTConfig(**TINY_GPT_4H, **{key: value})
+
+
+
+# ----------------------------------------------------------------------------- shipped configs
+
+def test_plwiki_gpt_config_has_seed_001s_parameter_count():
+    cfg = load_config(train.TrainConfig(), [str(REPO / "config/plwiki_gpt.py")])
+    with torch.device("meta"):  # no memory, no init time
+        model = build_model(cfg.model, checkpoint.model_args(cfg, 32000))
+    # the seed reports 134,367,744 with its 32k vocabulary; ours has 12 x 3072 more (attention biases)
+    assert model.num_params() == 134_367_744 + 12 * 4 * 768

@@ -1,5 +1,6 @@
-"""Tests for prepare.py: tokenizers, the .bin/meta.json writer and reader, and every dataset source on
-small local fixtures (no network). Run: .venv/bin/pytest -q tests/test_prepare.py"""
+"""Tests for prepare.py: the .bin/meta.json writer, every dataset source on small local fixtures (no network),
+its config errors and the tokenizer benchmark. Tokenizers are test_tokenizer.py's, reading splits
+test_dataloader.py's, downloads test_download.py's. Run: .venv/bin/pytest -q tests/test_prepare.py"""
 import json
 import platform
 import random
@@ -12,16 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import dataloader
 import tokenizer
 import prepare
 from configurator import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = "Zażółć gęślą jaźń!\n\tdef f(x):  return x ** 2  # ok\n\n\n  emoji 🙂 and CJK 漢字\r\n"
+from conftest import REPO
 
 
 def run(*argv):
@@ -31,76 +28,6 @@ def run(*argv):
 def split_text(data_dir, split):
     meta = dataloader.load_meta(data_dir)
     return tokenizer.Tokenizer.from_meta(meta).decode(dataloader.open_split(data_dir, split))
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-@pytest.mark.parametrize("kind", ["char", "byte"])
-def test_round_trip_char_byte(kind):
-    tok = tokenizer.Tokenizer.build(kind, [SAMPLE])
-    ids = tok.encode(SAMPLE)
-    assert isinstance(ids, list) and all(0 <= i < tok.vocab_size for i in ids)
-    assert len(ids) == (len(SAMPLE) if kind == "char" else len(SAMPLE.encode()))
-    assert tok.decode(ids) == SAMPLE
-
-
-def test_round_trip_gpt2(gpt2_offline):
-    tok = tokenizer.Tokenizer("gpt2")
-    assert tok.encode("hello world") == [31373, 995]
-    assert tok.vocab_size == 50257 and tok.eot_token == 50256
-    assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
-
-
-def test_gpt2_pieces_give_the_tokens_of_the_whole_text(gpt2_offline, monkeypatch):
-    text = Path(prepare.__file__).read_text() * 3  # code: blank lines, indentation, trailing spaces
-    whole = tokenizer._load_gpt2().encode_ordinary(text)
-    monkeypatch.setattr(tokenizer, "GPT2_CHUNK_CHARS", 500)
-    assert len(list(tokenizer._bpe_pieces(text))) > 50
-    assert tokenizer.Tokenizer("gpt2").encode(text) == whole
-
-
-def test_word_tokenizer_follows_word_language_model():
-    tok = tokenizer.Tokenizer.build("word", [" a b \n\n b c\n"])
-    assert tok.vocab == ["a", "b", "<eos>", "c"]  # first appearance, <eos> after the first line
-    assert tok.encode(" a b \n\n b c\n") == [0, 1, 2, 2, 1, 3, 2]
-    assert tok.decode([0, 1, 2, 2, 1, 3, 2]) == "a b\n\nb c\n"
-    with pytest.raises(UserError, match="'zzz' is not in"):
-        tok.encode("a zzz")
-    assert tokenizer.Tokenizer.build("word", ["x <unk>\n"]).encode("x y") == [0, 1]  # unknown words -> <unk>
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text())
-def test_char_round_trip_any_unicode(text):
-    tok = tokenizer.Tokenizer.build("char", [text])
-    assert tok.vocab_size == len(set(text))
-    assert tok.decode(tok.encode(text)) == text
-    assert tokenizer.Tokenizer.from_meta(json.loads(json.dumps(tok.to_meta()))).encode(text) == tok.encode(text)
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.text())
-def test_byte_round_trip_any_unicode(text):
-    tok = tokenizer.Tokenizer("byte")
-    assert tok.decode(tok.encode(text)) == text
-
-
-def test_char_outside_vocab_is_a_user_error():
-    tok = tokenizer.Tokenizer.build("char", ["abc"])
-    with pytest.raises(UserError, match=r"'é' \(U\+00E9\) is not in"):
-        tok.encode("abé")
-    with pytest.raises(UserError, match=r"'\\n' \(U\+000A\)"):
-        tok.encode("a\n")
-
-
-def test_unknown_tokenizer_and_missing_hf():
-    with pytest.raises(UserError, match="char, byte, gpt2, word or hf:NAME"):
-        tokenizer.Tokenizer("sentencepiece")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="pip install transformers"):
-            tokenizer.Tokenizer("hf:gpt2")
 
 
 # ----------------------------------------------------------------------------- pycode, text, writer
@@ -182,37 +109,11 @@ def test_config_errors():
         run("wikitext2", "--variant=v2")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_error():
-    proc = subprocess.run([sys.executable, "prepare.py", "nope"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "prepare.py", "nope"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown dataset 'nope'") and "Traceback" not in proc.stderr
-
-
-def test_open_split_validation(tmp_path):
-    with pytest.raises(UserError, match=r"dataset not prepared: run `python prepare.py pycode`"):
-        dataloader.load_meta(tmp_path / "pycode")
-    with pytest.raises(UserError, match=r"python prepare.py text --input=FILE --name=mine"):
-        dataloader.open_split(tmp_path / "mine", "train")
-    path = tmp_path / "t.txt"
-    path.write_text("hello there\n" * 300, encoding="utf-8")
-    run("text", f"--input={path}", f"--data_dir={tmp_path}")
-    data = tmp_path / "t"
-    with pytest.raises(UserError, match="unknown split 'valid'"):
-        dataloader.open_split(data, "valid")
-    good = (data / "val.bin").read_bytes()
-    (data / "val.bin").write_bytes(good + b"\0")
-    with pytest.raises(UserError, match=f"odd size.*run `python prepare.py text .*--input={path}` again"):
-        dataloader.open_split(data, "val")
-    (data / "val.bin").write_bytes(good[:-2])
-    with pytest.raises(UserError, match="meta.json says"):
-        dataloader.open_split(data, "val")
-    (data / "val.bin").write_bytes(good[:-2] + np.uint16(999).tobytes())
-    assert dataloader.open_split(data, "val")[-1] == 999
-    with pytest.raises(UserError, match="token id 999 >= vocab_size"):
-        dataloader.open_split(data, "val", check_ids=True)
-    (data / "val.bin").unlink()
-    with pytest.raises(UserError, match="val.bin is missing"):
-        dataloader.open_split(data, "val")
 
 
 # ----------------------------------------------------------------------------- enwik8
@@ -399,6 +300,7 @@ def test_plwiki_errors(tmp_path):
         run("plwiki", f"--source={tmp_path / 'bad.jsonl.zst'}", f"--data_dir={tmp_path}", "--tokenizer=byte")
 
 
+@pytest.mark.slow
 def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
     results = prepare.benchmark(mb=0.3, plwiki_mb=(1, 8))
     assert results["text_MB"] >= 0.3
@@ -409,16 +311,3 @@ def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
     assert big < small + 20  # streamed: holding 8 MB of text and its token lists would take ~80 MB more
 
 
-def test_incremental_decoding_matches_decode_and_holds_back_partial_characters(gpt2_offline):
-    """Streaming decodes each new token once (char, byte, gpt2): the pieces concatenate to decode(ids),
-    and the bytes of a character split across tokens wait until it is complete; word has no piecewise form."""
-    text = "żółw 🐢 naïve\tdone"
-    for tok in (tokenizer.Tokenizer("byte"), tokenizer.Tokenizer("gpt2"), tokenizer.Tokenizer.build("char", [text])):
-        ids = tok.encode(text)
-        piece = tok.incremental_decoder()
-        pieces = [piece(i) for i in ids]
-        assert "".join(pieces) == tok.decode(ids) == text
-        if tok.kind == "byte":  # the turtle is 4 bytes: nothing shows until its last one
-            at = text.encode().index("🐢".encode())
-            assert pieces[at:at + 4] == ["", "", "", "🐢"]
-    assert tokenizer.Tokenizer.build("word", ["a b"]).incremental_decoder() is None

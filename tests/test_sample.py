@@ -1,10 +1,10 @@
 """sample.py and engine.py's Session on real tiny runs (a RoPE + multi-query GPT and an LSTM, trained by
 train.train): batches of samples, seeds, greedy, stop strings and end-of-text, streaming, the prompts x
-temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input."""
+temperatures grid, speed reports, bf16 and int8 weights, auto-compile, and one-line errors for bad input; and
+sample.sample on the end-to-end run of test_train.py's flags (SMALL_LOG5)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +14,10 @@ import sample
 import train
 from configurator import UserError, load_config
 from model import GPT, GPTConfig
-from conftest import code_text, prepare_text
+from conftest import REPO, code_text, prepare_text, run_small_log5
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
+# the two runs the tests sample from: 30 steps of a 2-layer, 32-wide model on 8 x 24-token batches
+RUN_FLAGS = ["--n_layer=2", "--n_embd=32", "--block_size=24", "--batch_size=8", "--eval_iters=2", "--log_interval=10",
         "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=500", "--max_iters=30", "--eval_interval=30"]
 
 
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
                         ("lstm", ["--model=lstm", "--n_hidden=32"])):
         out[kind] = root / kind
         train.train(load_config(train.TrainConfig(), [f"--data_dir={root / 'data'}", "--dataset=code",
-                                                      f"--out_dir={out[kind]}", *TINY, *extra]))
+                                                      f"--out_dir={out[kind]}", *RUN_FLAGS, *extra]))
         losses = [e["val_loss"] for e in map(json.loads, open(out[kind] / "metrics.jsonl")) if e["event"] == "eval"]
         assert losses[-1] < losses[0] - 0.5, (kind, losses)  # training works with rope + multi-query, and the LSTM
     return out
@@ -118,6 +118,7 @@ def test_prompts_by_temperatures_grid_writes_json(runs, tmp_path, capsys):
     assert json.loads((runs["lstm"] / "generations.json").read_text())["temperatures"] == [0.7]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_user_error(runs, tmp_path):
     run = f"--out_dir={runs['gpt']}"
     cases = [([f"--prompts={tmp_path / 'missing.txt'}"], "cannot read the prompts file"),
@@ -175,3 +176,18 @@ def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
     assert compiled == [session.model] and got["compile_s"] is not None
     assert got["samples"] == want["samples"] and "compiled; its first step" in sample.speed_line(got)
 
+
+# ----------------------------------------------------------------------------- a run trained with the end-to-end flags
+
+def test_sample_from_the_trained_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    run_small_log5(corpus, out, "--max_iters=10", "--eval_interval=10")
+    cfg = load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=def ", "--num_samples=2",
+                                              "--max_new_tokens=50", "--seed=3"])
+    texts = sample.sample(cfg)
+    assert len(texts) == 2 and all(t.startswith("def ") and len(t) == 54 for t in texts)
+    assert sample.sample(cfg) == texts  # same seed, same samples
+    with pytest.raises(UserError, match="is not in this dataset.s vocabulary"):
+        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=\u2603 snowman"]))
+    with pytest.raises(UserError, match="no checkpoint at"):
+        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={tmp_path / 'nothing'}"]))

@@ -1,10 +1,16 @@
-"""train.py and sample.py: the LR schedule, batches, deterministic eval, and a real tiny run end to end
-(train, resume faithfully, sample), plus the Makefile targets the README names."""
+"""train.py, the training loop: a complete run and the files it writes, the best checkpoint kept, faithful
+resume (bit-identical losses), the time budget on a fake clock, onecycle momentum moving in the optimizer,
+bf16 autocast, the LR range test, wandb offline logging, DDP on the CPU (2 gloo processes against 1 process
+with twice the accumulation, a resume under DDP, no gloo thread left at the end, a held run lock stopping
+both processes); TrainConfig's validation and every shipped config. Signals, kills, a second run, nan losses
+and full disks are test_train_faults.py's."""
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -12,73 +18,16 @@ import pytest
 import torch
 
 import checkpoint
+import common
 import dataloader
-import metrics
 import optim
-import sample
 import train
 from configurator import UserError, load_config
-from model import build_model, GPT2_ARCH
-from conftest import code_text, prepare_text
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, cfg_of, events, run_small, run_small_log5, small_flags
+from model import GPT2_ARCH
 
 
-# ----------------------------------------------------------------------------- pure pieces
-
-def test_lr_schedule_warmup_then_cosine():
-    cfg = train.TrainConfig(schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
-    lrs = [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(101)]
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # warmup rises
-    assert lrs[0] == pytest.approx(1e-3 / 11)
-    assert max(lrs) == lrs[10] == pytest.approx(1e-3)  # the peak is lr, right after warmup
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never rises
-    assert lrs[100] == pytest.approx(1e-4)  # ends exactly at min_lr
-    assert optim.get_lr(55, 0.55, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way through the decay
-
-
-def test_progress_is_the_further_of_iterations_and_time_budget():
-    cfg = train.TrainConfig(max_iters=1000, time_budget=2.0)
-    assert optim.progress_of(100, 0.0, cfg) == pytest.approx(0.1)
-    assert optim.progress_of(100, 60.0, cfg) == pytest.approx(0.5)  # one of two minutes
-    assert optim.progress_of(10, 120.0, cfg) >= 1.0
-
-
-def test_batches_targets_shift_and_seeded_stream():
-    data = np.arange(1000, dtype=np.uint16)
-    a = dataloader.Batches(data, block_size=8, batch_size=4, seed=3)
-    x, y = a.next()
-    assert x.shape == y.shape == (4, 8) and x.dtype == torch.int64
-    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
-    b = dataloader.Batches(data, block_size=8, batch_size=4, seed=3)
-    assert torch.equal(b.next()[0], x)
-    assert not torch.equal(a.next()[0], x)  # the stream moves on
-    with pytest.raises(UserError, match="block_size=2000 is too long"):
-        dataloader.Batches(data, block_size=2000, batch_size=4, seed=0)
-
-
-def test_full_split_evaluation_scores_every_token_once():
-    torch.manual_seed(0)
-    cfg = train.TrainConfig(block_size=8, batch_size=3)
-    model = build_model("gpt", dict(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8))
-    data = np.random.default_rng(0).integers(0, 20, 43).astype(np.uint16)
-    loss, n = metrics.evaluate_split(model, data, cfg.batch_size, cfg.block_size, "cpu", "float32")
-    assert n == 42
-    # the same, by hand: consecutive windows of 8, the last one 2 tokens long
-    total = 0.0
-    for s in range(0, 42, 8):
-        x = torch.tensor(data[s:min(s + 8, 42)], dtype=torch.long)[None]
-        y = torch.tensor(data[s + 1:min(s + 9, 43)], dtype=torch.long)[None]
-        logits, _ = model(x)
-        total += torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item()
-    assert loss == pytest.approx(total / 42, rel=1e-5)
-
-
-def test_metrics_bits_per_byte():
-    m = metrics.metrics_for(math.log(2), {"tokens": 100, "bytes": 400})  # 1 bit per token, 4 bytes per token
-    assert m["bits_per_token"] == pytest.approx(1.0) and m["bpb"] == pytest.approx(0.25)
-    assert m["ppl"] == pytest.approx(2.0)
-
+# ----------------------------------------------------------------------------- configuration
 
 def test_config_validation_messages():
     with pytest.raises(UserError, match="n_embd=30 must be a multiple of n_head=4"):
@@ -87,40 +36,47 @@ def test_config_validation_messages():
         load_config(train.TrainConfig(), ["--model=transformer"])
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
-    checkpoint.save_atomic({"a": 1}, str(path))
+def test_bad_engine_settings_are_user_errors(monkeypatch):
+    with pytest.raises(UserError, match="schedule must be one of wsd, cosine, onecycle"):
+        cfg_of("--schedule=linear")
+    with pytest.raises(UserError, match="optimizer must be one of muon, adamw, sgd"):
+        cfg_of("--optimizer=adam")
+    with pytest.raises(UserError, match="compile must be bool"):
+        cfg_of("--compile=maybe")
+    assert cfg_of("--compile=False").compile is False and cfg_of().compile is None
+    monkeypatch.setenv("WORLD_SIZE", "2")  # checked before any process group is set up
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match=r"grad_accum=3 must be a multiple of the number of processes \(2\)"):
+        train.micro_steps(cfg_of("--grad_accum=3"), common.Env(0, 2, "cpu", "float32"))
+    with pytest.raises(UserError, match=r"grad_accum=6 must be a multiple of the number of processes \(4\)"):
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        train.micro_steps(cfg_of("--grad_accum=6"), common.Env(0, 4, "cpu", "float32"))
 
-    def full_disk(obj, f):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
-        checkpoint.save_atomic({"a": 2}, str(path))
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"a": 1}
-    assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+def test_every_shipped_config_loads():
+    configs = sorted((REPO / "config").glob("*.py"))
+    assert {"char_enwik8.py", "wikitext2.py", "plwiki_gpt.py", "quickstart.py"} <= {p.name for p in configs}
+    for path in configs:
+        load_config(train.TrainConfig(), [str(path)])  # validates too
+    enwik8 = load_config(train.TrainConfig(), [str(REPO / "config/char_enwik8.py"), "--lr=0.1"])
+    assert (enwik8.dataset, enwik8.schedule, enwik8.optimizer, enwik8.lr) == ("enwik8", "onecycle", "sgd", 0.1)
+
+
+def test_modern_config_is_the_defaults_and_seed_configs_pin_gpt2():
+    repo = Path(train.__file__).parent
+    layer = load_config(train.TrainConfig(), [str(repo / "config" / "modern.py")])
+    assert layer == load_config(train.TrainConfig(), [])  # config/modern.py restates the defaults, nothing else
+    for seed in ("char_enwik8", "wikitext2", "plwiki_gpt"):
+        cfg = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py")])
+        assert (cfg.pos_emb, cfg.norm, cfg.qk_norm, cfg.activation, cfg.zero_init, cfg.bias) == \
+            ("learned", "layernorm", False, "gelu", False, True), seed
+        modern = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py"), str(repo / "config" / "modern.py")])
+        assert (modern.n_layer, modern.n_embd, modern.dataset) == (cfg.n_layer, cfg.n_embd, cfg.dataset)
+        assert (modern.optimizer, modern.schedule, modern.norm) == ("muon", "wsd", "rmsnorm")
+
 
 
 # ----------------------------------------------------------------------------- a real tiny run
-
-TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8",
-        "--eval_iters=2", "--log_interval=5", "--warmup_iters=5", "--lr=3e-3", "--final_eval_tokens=2000"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A char-level dataset prepared by prepare.py from a slice of the stdlib source."""
-    root = tmp_path_factory.mktemp("corpus")
-    prepare_text(root, "code", code_text() * 3)
-    return root
-
-
-def run_train(corpus, out, *extra):
-    cfg = load_config(train.TrainConfig(), [f"--data_dir={corpus / 'data'}", "--dataset=code",
-                                            f"--out_dir={out}", *TINY, *extra])
-    return train.train(cfg)
-
 
 def losses(out):
     return [e["loss"] for e in map(json.loads, open(Path(out) / "metrics.jsonl")) if e["event"] == "train"]
@@ -128,7 +84,7 @@ def losses(out):
 
 def test_train_writes_a_complete_run(corpus, tmp_path):
     out = tmp_path / "run"
-    results = run_train(corpus, out, "--max_iters=40", "--eval_interval=20")
+    results = run_small_log5(corpus, out, "--max_iters=40", "--eval_interval=20")
     for name in ("ckpt.pt", "last.pt", "config.json", "metrics.jsonl", "results.json", "results.md",
                  "learning_curves.png", "model_summary.txt"):
         assert (out / name).is_file(), name
@@ -150,7 +106,7 @@ def results_vocab(corpus):
 
 def test_best_checkpoint_is_only_replaced_by_a_better_one(corpus, tmp_path):
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=20", "--eval_interval=10", "--lr=0.5", "--warmup_iters=0")  # diverges
+    run_small_log5(corpus, out, "--max_iters=20", "--eval_interval=10", "--lr=0.5", "--warmup_iters=0")  # diverges
     best = torch.load(out / "ckpt.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
     evals = [e for e in map(json.loads, open(out / "metrics.jsonl")) if e["event"] == "eval"]
@@ -164,7 +120,7 @@ GPT2_ADAMW = ["--optimizer=adamw", "--schedule=cosine", *(f"--{k}={v}" for k, v 
 @pytest.mark.parametrize("recipe", [[], GPT2_ADAMW], ids=["defaults-muon", "gpt2-adamw"])
 def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch, recipe):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_train(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
+    run_small_log5(corpus, straight, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
 
     draw = dataloader.Batches.next
     calls = []
@@ -175,48 +131,151 @@ def test_resume_continues_the_identical_trajectory(corpus, tmp_path, monkeypatch
             signal.raise_signal(signal.SIGINT)
         return draw(self)
     monkeypatch.setattr(dataloader.Batches, "next", interrupted)
-    first = run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
+    first = run_small_log5(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", *recipe)
     assert first["iters"] == 15
     monkeypatch.undo()
     saved = torch.load(split / "last.pt", weights_only=True)["optimizer"]
     assert len(saved) == (1 if recipe else 2) and all(o["state"] for o in saved)  # Muon's and AdamW's states
-    run_train(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume", *recipe)
+    run_small_log5(corpus, split, "--max_iters=30", "--eval_interval=15", "--dropout=0.1", "--init_from=resume", *recipe)
     assert losses(split) == losses(straight)  # bit-identical: same batches, dropout masks, optimizer state
     assert len(losses(straight)) == 6 and losses(straight)[-1] < losses(straight)[0] - 0.5
 
 
-def test_sample_from_the_trained_run(corpus, tmp_path):
+
+# ----------------------------------------------------------------------------- the loop's parts in real tiny runs
+
+def test_time_budget_stops_on_a_fake_clock_with_the_schedule_complete(corpus, tmp_path, monkeypatch, capsys):
+    now = [1000.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: now[0]))  # moves when a batch is drawn
+    draw = dataloader.Batches.next
+
+    def one_second_per_batch(self):
+        now[0] += 1.0
+        return draw(self)
+    monkeypatch.setattr(dataloader.Batches, "next", one_second_per_batch)
     out = tmp_path / "run"
-    run_train(corpus, out, "--max_iters=10", "--eval_interval=10")
-    cfg = load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=def ", "--num_samples=2",
-                                              "--max_new_tokens=50", "--seed=3"])
-    texts = sample.sample(cfg)
-    assert len(texts) == 2 and all(t.startswith("def ") and len(t) == 54 for t in texts)
-    assert sample.sample(cfg) == texts  # same seed, same samples
-    with pytest.raises(UserError, match="is not in this dataset.s vocabulary"):
-        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=\u2603 snowman"]))
-    with pytest.raises(UserError, match="no checkpoint at"):
-        sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={tmp_path / 'nothing'}"]))
+    results = run_small(corpus, out, "--max_iters=100000", "--time_budget=0.5", "--eval_interval=10",
+                        "--min_lr=0", "--warmup_iters=0")
+    assert results["iters"] == 30  # 30 one-second steps fill the 0.5-minute budget
+    train_events = events(out, "train")
+    assert train_events[-1]["step"] == 30 and train_events[-1]["elapsed_s"] == pytest.approx(30.0)
+    cfg = cfg_of("--lr=3e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=100000", "--time_budget=0.5")
+    assert [e["lr"] for e in train_events] == pytest.approx([optim.get_lr(i, i / 30, cfg) for i in range(30)])
+    assert [e["step"] for e in events(out, "eval")] == [0, 10, 20, 30]
+    log = capsys.readouterr().out
+    assert "step 15 |" in log and "elapsed 0:15 | left 0:15" in log
 
 
-def test_command_line_errors_are_one_line(corpus, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
-    r = run("train.py", "--lerning_rate=0.1")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "unknown config key 'lerning_rate'" in r.stderr and "Traceback" not in r.stderr
-    r = run("train.py", f"--data_dir={tmp_path}", "--dataset=nope")
-    assert r.returncode == 2 and "python prepare.py" in r.stderr and "Traceback" not in r.stderr
+def test_onecycle_momentum_cycles_in_the_optimizer(corpus, tmp_path, monkeypatch):
+    seen = []
+    apply = optim.set_schedule
+
+    def recorded(optimizers, lr, progress, cfg):
+        apply(optimizers, lr, progress, cfg)
+        seen.append([(g["lr"], g["momentum"]) for o in optimizers for g in o.param_groups])
+    monkeypatch.setattr(train, "set_schedule", recorded)
+    run_small(corpus, tmp_path / "run", "--optimizer=sgd", "--schedule=onecycle", "--lr=0.1", "--max_iters=20",
+              "--eval_interval=20", "--momentum=0.9", "--momentum_min=0.8", "--cycle_rise=0.25")
+    assert len(seen) == 20 and all(len(set(groups)) == 1 for groups in seen)  # every group moves together
+    lrs, moms = zip(*(groups[0] for groups in seen))
+    assert lrs.index(max(lrs)) == moms.index(min(moms)) == 5  # momentum bottoms out at the LR peak
+    assert moms[0] == pytest.approx(0.9) and min(moms) == pytest.approx(0.8) and moms[10:] == pytest.approx([0.9] * 10)
+    assert lrs[-1] < lrs[0] / 5  # annihilating
 
 
-def test_make_shows_the_readme_targets():
-    for target in ("all", "test", "data", "train", "sample", "bench"):
-        r = subprocess.run(["make", "-n", target, "PYTHON=python3"], cwd=REPO, capture_output=True, text=True)
-        assert r.returncode == 0, (target, r.stderr)
-    r = subprocess.run(["make", "-n", "all", "PYTHON=python3"], cwd=REPO, capture_output=True, text=True)
-    assert "train.py config/quickstart.py" in r.stdout and "sample.py" in r.stdout
-    r = subprocess.run(["make", "-n", "test", "PYTHON=python3"], cwd=REPO, capture_output=True, text=True)
-    assert "pytest" in r.stdout
-    r = subprocess.run(["make", "-n", "data", "DATASET=enwik8", "PYTHON=python3"], cwd=REPO,
-                       capture_output=True, text=True)
-    assert "prepare.py enwik8" in r.stdout
+def test_bf16_autocast_trains_close_to_float32(corpus, tmp_path):
+    a = run_small(corpus, tmp_path / "fp32", "--max_iters=8", "--eval_interval=8", "--dtype=float32")
+    b = run_small(corpus, tmp_path / "bf16", "--max_iters=8", "--eval_interval=8", "--dtype=bfloat16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype_resolved"] == "bfloat16"
+    la, lb = [e["loss"] for e in events(tmp_path / "fp32", "train")], [e["loss"] for e in events(tmp_path / "bf16", "train")]
+    assert all(math.isfinite(x) for x in lb) and lb[-1] < lb[0]
+    assert np.allclose(la, lb, atol=0.03), (la, lb)  # bf16 keeps ~3 significant digits: losses of ~4 agree to ~1%
+    assert abs(a["val_loss"] - b["val_loss"]) < 0.03
+
+
+def test_lr_finder_sweeps_stops_on_divergence_and_suggests(corpus, tmp_path, capsys):
+    out = tmp_path / "find"
+    cfg = cfg_of(*small_flags(corpus, out, "--lr_find=True", "--lr_find_min=1e-5", "--lr_find_max=100",
+                           "--lr_find_iters=60", "--grad_clip=0"))
+    result = train.lr_find(cfg)
+    assert (out / "lr_find.png").stat().st_size > 0 and (out / "lr_find.json").is_file()
+    assert result["diverged"] and len(result["lrs"]) < 60  # stopped before the sweep's end
+    assert result["losses"][-1] > train.LR_FIND_DIVERGED * min(result["losses"])
+    assert 1e-5 <= result["suggested_lr"] <= result["min_loss_lr"] <= result["lrs"][-1]
+    ratios = np.diff(np.log(result["lrs"]))
+    assert np.allclose(ratios, math.log(100 / 1e-5) / 59)  # exponential sweep
+    assert "suggested lr:" in capsys.readouterr().out
+    assert not (out / "ckpt.pt").exists()  # a probe, not a run
+
+
+def test_wandb_offline_run_is_written(corpus, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    run_small(corpus, out, "--max_iters=4", "--eval_interval=2", "--wandb_log=True", "--wandb_run_name=t")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((out / "wandb").iterdir())
+    assert (runs[0] / "files").is_dir()
+
+
+
+# ----------------------------------------------------------------------------- DDP on the CPU (gloo)
+
+def torchrun(nproc, args, script="train.py", ok=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        str(script), *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout if ok else r.stderr
+
+
+# train.py's main, then the names of the gloo threads still running in this process
+THREADS_LEFT = """import glob, os, sys
+sys.path.insert(0, os.getcwd())
+import train
+from configurator import cli
+cli(train.main)
+names = [open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm")]
+print(f"rank {os.environ['RANK']}: gloo threads left {sorted(n for n in names if 'gloo' in n)}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_with_twice_the_accumulation_and_resume(corpus, tmp_path):
+    """2 gloo processes with grad_accum=2 draw exactly the windows of 1 process with grad_accum=2 (process r
+    takes micro-batch r of each step) and both sum g0/2 + g1/2, so the curves agree: in our runs bit for bit
+    over 30 steps. The 1e-4 bound leaves room for summation-order differences (thread counts, backends)
+    while any real mismatch exceeds it: the very same windows cut into 4 micro-batches of 4 instead of 2
+    of 8 already move the loss by 2e-3 (bf16); other windows, a missed all-reduce or a wrong loss scale
+    by far more. The DDP run stops at step 4 and resumes to 8 under DDP, so resume is covered too.
+    When train() returns, no gloo thread is left in either process: one still running could free a tensor of
+    the last collective while the interpreter exits, which aborts the process (issue 12's rare SIGABRT)."""
+    common = ["--grad_accum=2", "--schedule=constant", "--eval_interval=4", "--dropout=0.0"]
+    one = tmp_path / "one"
+    run_small(corpus, one, "--max_iters=8", *common)
+    ddp = tmp_path / "ddp"
+    (tmp_path / "threads_left.py").write_text(THREADS_LEFT)
+    log = torchrun(2, small_flags(corpus, ddp, "--max_iters=4", *common), script=tmp_path / "threads_left.py")
+    assert "x2 processes" in log and log.count("step 4 |") == 1  # only rank 0 prints
+    if sys.platform.startswith("linux"):  # (/proc)
+        assert "rank 0: gloo threads left []" in log and "rank 1: gloo threads left []" in log, log[-1500:]
+    torchrun(2, small_flags(corpus, ddp, "--max_iters=8", "--init_from=resume", *common))
+    a, b = [e["loss"] for e in events(one, "train")], [e["loss"] for e in events(ddp, "train")]
+    assert len(a) == len(b) == 8
+    assert np.allclose(a, b, rtol=0, atol=1e-4), (a, b)
+    assert [e["step"] for e in events(ddp, "eval")] == [0, 4, 4, 8]  # (the resumed run re-evaluates step 4)
+    assert events(ddp, "train")[-1]["tokens"] == events(one, "train")[-1]["tokens"] == 8 * 2 * 8 * 32
+    keys = torch.load(ddp / "last.pt", weights_only=True)["model"].keys()
+    assert not any(k.startswith("module.") for k in keys)
+
+
+@pytest.mark.slow
+def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
+    """Rank 0 alone takes the run lock, before the processes connect: held by another run, rank 0's one line
+    ends the launch (torchrun stops rank 1) instead of rank 1 waiting for it forever, and nothing is written."""
+    out = tmp_path / "ddp"
+    with checkpoint.RunLock(out):
+        err = torchrun(2, small_flags(corpus, out, "--max_iters=4"), ok=False)
+        assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
+        assert [p.name for p in out.iterdir()] == ["run.lock"]

@@ -1,12 +1,11 @@
-"""Never lose a run: SIGTERM and kill -9 on a real `python train.py`, resume after them (taking over the dead
-run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C during the final evaluation, the time
-budget across a resume (fake clock), a nan loss between evals, fp16 skipped steps, a full disk while saving,
-stale *.tmp files.
+"""Faults in a training run (train.py) that must never lose it: SIGTERM and kill -9 on a real `python train.py`,
+resume after them (taking over the dead run's lock), a second train.py on a running out_dir, SIGTERM or Ctrl-C
+during the final evaluation, the time budget across a resume (fake clock), a nan loss between evals, fp16
+skipped steps, a full disk while saving, stale *.tmp files, a second Ctrl-C.
 
-    python -m pytest -q tests/test_crash.py
+    python -m pytest -q tests/test_train_faults.py
 """
 import functools
-import hashlib
 import json
 import os
 import signal
@@ -14,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,61 +23,11 @@ import dataloader
 import compare
 import evaluate
 import metrics
-import prepare
 import train
 from model import build_model
 from dataloader import SPLITS
-from configurator import UserError, load_config
-from conftest import code_text, prepare_text
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4", "--eval_iters=1",
-        "--warmup_iters=2", "--lr=3e-3", "--final_eval_tokens=500"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models run faster on one thread, and the machine is shared
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A char-level dataset (the json package's source) prepared by prepare.py; returns the data_dir."""
-    return prepare_text(tmp_path_factory.mktemp("crash"), "code", code_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is many times faster than two fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def signal_handlers():
-    """A run that fails mid-training leaves its StopFlag's handlers installed; put the originals back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
-def flags(data, out, *extra):
-    return [f"--data_dir={data}", "--dataset=code", f"--out_dir={out}", *TINY, *extra]
-
-
-def run_train(data, out, *extra):
-    return train.train(load_config(train.TrainConfig(), flags(data, out, *extra)))
-
-
-def events(out, kind=None):
-    path = Path(out) / "metrics.jsonl"
-    found = [json.loads(line) for line in open(path)] if path.exists() else []
-    return [e for e in found if kind is None or e["event"] == kind]
-
-
-def snapshot(folder):
-    """{file name: sha256} of every file in folder: to show that a failure left them as they were."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir()) if p.is_file()}
-
+from configurator import UserError
+from conftest import REPO, ENV, events, flags, run_train, snapshot
 
 def wait_for(proc, out, condition, timeout=120):
     """Poll metrics.jsonl until condition(events) holds; fail if the process ends first."""
@@ -96,6 +44,7 @@ def all_finite(state_dict):
 
 # ----------------------------------------------------------------------------- real processes
 
+@pytest.mark.slow
 def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train.py", *flags(data, out, "--max_iters=100000",
@@ -116,6 +65,7 @@ def test_sigterm_saves_evaluates_and_exits_0(data, tmp_path):
     assert (out / "results.md").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_dir_stops_at_once_having_written_nothing(data, tmp_path):
     """The run lock: a second train.py on a running out_dir (resumed or fresh) is one line and exit code 2, and
     every file stays as it was; sample.py still reads the running run; the lock goes when the run ends."""
@@ -185,6 +135,7 @@ def test_a_signal_during_the_final_evaluation_cuts_it_short_and_still_writes_the
     assert {name: snapshot(out)[name] for name in before} == before  # scoring never touches the checkpoints
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_resume_finishes_the_run(data, tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "train.py", *flags(data, out, "--max_iters=60", "--eval_interval=10", "--log_interval=5")]

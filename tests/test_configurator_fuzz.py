@@ -1,26 +1,21 @@
-"""Property-based tests (hypothesis): configurator parsing never raises anything but UserError and round-trips
-every valid value of each field type, through flags and override files; tokenizers round-trip arbitrary
-Unicode (char built from the text, byte, word up to whitespace, gpt2 offline, whose parallel pieces must
-give exactly the tokens of the whole text).
+"""Property-based tests (hypothesis) of configurator.py: parsing never raises anything but UserError and
+round-trips every valid value of each field type, through flags and override files. (Apart from
+test_configurator.py, which must not import train.py: it checks that importing the stages does nothing. The
+tokenizers' property tests are test_tokenizer.py's.)
 
-    python -m pytest -q tests/test_fuzz.py
+    python -m pytest -q tests/test_configurator_fuzz.py
 """
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import tokenizer
-import prepare
 import train
 from configurator import UserError, load_config
-
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from conftest import FEW, FUZZ
 
 
 @dataclass
@@ -96,52 +91,3 @@ def test_any_override_file_is_read_or_a_user_error(source):
             check_types(load_config(Typed(), [str(path)]))
         except UserError:
             pass
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-ANY_CHAR = st.characters(codec=None, exclude_categories=())  # every code point, lone surrogates included
-TEXT = st.text(st.sampled_from(" \n\t\r.'sx0\u00e9\u65e5\U0001F600") | st.characters(exclude_categories=["Cs"]),
-               max_size=300)  # UTF-8 text: no lone surrogates
-
-
-@FUZZ
-@given(st.text(ANY_CHAR, max_size=200), st.text(ANY_CHAR, max_size=20))
-def test_char_tokenizer_round_trips_and_names_unknown_characters(text, other):
-    tok = tokenizer.Tokenizer.build("char", [text])
-    ids = tok.encode(text)
-    assert tok.decode(ids) == text and all(0 <= i < tok.vocab_size for i in ids)
-    assert tok.vocab_size == len(set(text))
-    unknown = [c for c in other if c not in set(text)]
-    if unknown:
-        with pytest.raises(UserError, match=f"U\\+{ord(unknown[0]):04X}"):
-            tok.encode(other)
-    else:
-        assert tok.decode(tok.encode(other)) == other
-
-
-@FUZZ
-@given(TEXT)
-def test_byte_tokenizer_round_trips(text):
-    tok = tokenizer.Tokenizer("byte")
-    ids = tok.encode(text)
-    assert tok.decode(ids) == text and len(ids) == len(text.encode("utf-8")) and max(ids, default=0) < 256
-
-
-@FUZZ
-@given(TEXT)
-def test_word_tokenizer_round_trips_up_to_whitespace(text):
-    assume("<eos>" not in text.split())
-    tok = tokenizer.Tokenizer.build("word", [text])
-    assert tok.decode(tok.encode(text)) == "\n".join(" ".join(line.split()) for line in text.split("\n"))
-
-
-@FEW
-@given(TEXT, st.integers(1, 20))
-def test_gpt2_round_trips_and_its_pieces_match_the_whole(gpt2_offline, text, size):
-    tok = tokenizer.Tokenizer("gpt2")
-    ids = tok.encode(text)
-    assert tok.decode(ids) == text
-    pieces = list(tokenizer._bpe_pieces(text, size))
-    assert "".join(pieces) == text
-    assert [i for p in pieces for i in tok._enc.encode_ordinary(p)] == tok._enc.encode_ordinary(text) == ids

@@ -1,0 +1,67 @@
+"""bench.py: the training benchmark (every setting timed on one model, MFU against its dtype's peak), the
+generation benchmark (rows against the memory-bandwidth limit) and the budget comparison of recipes on a tiny
+corpus."""
+from pathlib import Path
+
+import pytest
+
+import bench
+import model as model_lib
+import optim
+import train
+from configurator import UserError, load_config
+
+pytestmark = pytest.mark.slow  # benchmarks (the budget comparison runs train.py in subprocesses)
+
+
+def test_bench_times_every_setting_on_one_model():
+    import bench
+    cfg = model_lib.GPTConfig(**model_lib.RECIPE_ARCH, vocab_size=32, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    cfg.pos_emb = "learned"
+    settings = [("plain", "float32", False, False), ("bf16", "bfloat16", False, True)]
+    rows = bench.bench_model("tiny", cfg, optim.OptimConfig(), 2, 16, "cpu", settings, 2,
+                             {"float32": 1e9, "bfloat16": 2e9})
+    assert [r["setting"] for r in rows] == ["plain", "bf16"] and rows[0]["vs_plain"] == 1.0
+    model = model_lib.GPT(cfg)
+    fpt = 6 * (model.num_params() - 16 * 16) + 12 * 1 * 16 * 16  # no FLOPs for the position lookup
+    assert bench.flops_per_token(model, cfg, 16) == fpt
+    for r, peak in zip(rows, (1e9, 2e9)):
+        assert r["tok_s"] == pytest.approx(32 / (r["ms_step"] / 1000))
+        assert r["mfu"] == pytest.approx(fpt * r["tok_s"] / peak)  # against the peak of its own dtype
+    with pytest.raises(UserError, match="unknown benchmark 'speed'"):
+        bench.main(["speed"])
+
+
+def test_generation_benchmark_rows_measure_against_the_bandwidth_limit():
+    """bench.py generate times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
+    import bench
+    rows = bench.generation_benchmark(shapes=("quickstart",), batches=(1, 2), lengths=(8,), modes=("old", "eager"))
+    assert [(r["mode"], r["batch"]) for r in rows] == [("old", 1), ("old", 2), ("eager", 1), ("eager", 2)]
+    for r in rows:
+        assert r["tok_s"] > 0 and r["limit_tok_s"] == pytest.approx(r["batch"] * r["bandwidth"] / r["bytes_per_step"])
+    model = bench.GPT(bench.generation_shapes()["quickstart"])  # untied head, RoPE, no biases
+    weights = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()  # the embedding is a lookup
+    cache = 2 * 4 * 3 * 4 * 128 * 32  # keys and values: layers x batch x heads x 128 slots x head size
+    assert bench.bytes_per_step(model, 3, 128) == 4 * (weights + cache)
+
+
+def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "REPO", str(tmp_path))  # results under tmp_path/out; data linked from the corpus
+    (tmp_path / "data").symlink_to(corpus / "data")
+    for name in ("train.py", "prepare.py", "model.py", "rnn.py", "configurator.py", "hf.py"):
+        (tmp_path / name).symlink_to(Path(train.__file__).parent / name)
+    small = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--final_eval_tokens=500"]
+    monkeypatch.setitem(bench.RECIPES, "nanogpt", bench.RECIPES["nanogpt"] + small)
+    monkeypatch.setitem(bench.RECIPES, "default", bench.RECIPES["default"] + small + ["--block_size=32"])
+    bc = load_config(bench.BenchConfig(), ["--dataset=code", "--budget=0.05", "--recipes=nanogpt,default",
+                                                "--parallel=True"])
+    runs = bench.bench_budget(bc)
+    out = capsys.readouterr().out
+    assert "side by side (1 CPU thread(s) each)" in out and "| recipe | steps | tokens seen | tokens/s | val loss (min)" in out
+    for name in ("nanogpt", "default"):
+        (res,) = runs[name]
+        assert res["iters"] > 0 and 2.0 <= res["wall_time_s"] < 30 and res["val_tokens_scored"] > 0
+        assert f"| {name} | {res['iters']:,} | {res['tokens_seen']:,} |" in out
+    assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
+    with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
+        bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))

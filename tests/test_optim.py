@@ -1,0 +1,154 @@
+"""optim.py: the LR schedule as a pure function of progress (warmup then cosine, onecycle with its momentum
+opposite, invsqrt, step, constant, warmup-stable-decay) and the time budget ending it; Muon for the hidden
+matrices with AdamW for the rest, the momentum and beta1 they cycle; the optimizer settings' errors. The
+schedule inside a real run is test_train.py's."""
+import math
+
+import pytest
+import torch
+
+import optim
+import train
+from configurator import UserError
+from conftest import MODERN, TINY_GPT_4H, cfg_of
+from model import GPT, GPTConfig
+
+
+# ----------------------------------------------------------------------------- schedules (pure functions)
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = train.TrainConfig(schedule="cosine", lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
+    lrs = [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(101)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))  # warmup rises
+    assert lrs[0] == pytest.approx(1e-3 / 11)
+    assert max(lrs) == lrs[10] == pytest.approx(1e-3)  # the peak is lr, right after warmup
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then never rises
+    assert lrs[100] == pytest.approx(1e-4)  # ends exactly at min_lr
+    assert optim.get_lr(55, 0.55, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half-way through the decay
+
+
+def test_progress_is_the_further_of_iterations_and_time_budget():
+    cfg = train.TrainConfig(max_iters=1000, time_budget=2.0)
+    assert optim.progress_of(100, 0.0, cfg) == pytest.approx(0.1)
+    assert optim.progress_of(100, 60.0, cfg) == pytest.approx(0.5)  # one of two minutes
+    assert optim.progress_of(10, 120.0, cfg) >= 1.0
+
+
+def lrs_over(cfg, n=200):
+    return [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(n + 1)]
+
+
+def test_onecycle_rises_falls_then_annihilates_with_momentum_opposite():
+    cfg = cfg_of("--schedule=onecycle", "--optimizer=sgd", "--lr=0.1", "--cycle_div=1000", "--cycle_rise=0.4",
+                 "--cycle_final_div=100", "--momentum=0.9", "--momentum_min=0.8", "--max_iters=200")
+    lrs = lrs_over(cfg)
+    assert lrs[0] == pytest.approx(1e-4)  # seed 004: lr [0.0001, 0.1]
+    assert max(lrs) == lrs[80] == pytest.approx(0.1)  # the peak at cycle_rise
+    assert all(a < b for a, b in zip(lrs[:80], lrs[1:81]))  # linear rise...
+    assert lrs[40] == pytest.approx((1e-4 + 0.1) / 2)
+    assert all(a > b for a, b in zip(lrs[80:160], lrs[81:161]))  # ...the mirror fall...
+    assert lrs[120] == pytest.approx(lrs[40]) and lrs[160] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs[160:], lrs[161:]))  # ...then annihilation far below the start
+    assert lrs[200] == pytest.approx(1e-6)
+    moms = [optim.get_momentum(optim.progress_of(it, 0, cfg), cfg) for it in range(201)]
+    assert moms[0] == pytest.approx(0.9) and moms[80] == pytest.approx(0.8) == min(moms)
+    assert moms[160] == pytest.approx(0.9) and moms[200] == pytest.approx(0.9)
+    assert moms[40] == pytest.approx(0.85) and moms[120] == pytest.approx(0.85)
+    adam = cfg_of("--optimizer=adamw", "--schedule=onecycle", "--beta1=0.95", "--momentum_min=0.85")  # adamw cycles beta1
+    assert optim.get_momentum(0.0, adam) == pytest.approx(0.95)
+    assert optim.get_momentum(adam.cycle_rise, adam) == pytest.approx(0.85)
+    assert optim.get_momentum(0.5, cfg_of("--optimizer=adamw", "--schedule=cosine", "--beta1=0.93")) == 0.93  # constant elsewhere
+
+
+def test_invsqrt_step_and_constant_schedules():
+    cfg = cfg_of("--schedule=invsqrt", "--lr=1e-3", "--warmup_iters=10")
+    lrs = lrs_over(cfg, 400)
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) == max(lrs)  # linear warmup to the peak
+    assert lrs[39] == pytest.approx(1e-3 / 2) and lrs[399] == pytest.approx(1e-3 / math.sqrt(40))  # then 1/sqrt
+    # the Transformer's formula, d_model^-0.5 * min(s^-0.5, s * w^-1.5), is this with lr = (d_model * w)^-0.5
+    vaswani = cfg_of("--schedule=invsqrt", f"--lr={(512 * 4000) ** -0.5}", "--warmup_iters=4000")
+    for s in (1, 1000, 4000, 9000):
+        assert optim.get_lr(s - 1, 0, vaswani) == pytest.approx(512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5))
+
+    cfg = cfg_of("--schedule=step", "--lr=1e-2", "--warmup_iters=0", "--step_every=0.25", "--step_gamma=0.5",
+                 "--max_iters=100")
+    lrs = lrs_over(cfg, 99)
+    assert lrs[0] == lrs[24] == 1e-2 and lrs[25] == lrs[49] == pytest.approx(5e-3)
+    assert lrs[50] == pytest.approx(2.5e-3) and lrs[99] == pytest.approx(1.25e-3)
+
+    cfg = cfg_of("--schedule=constant", "--lr=1e-3", "--warmup_iters=4", "--max_iters=50")
+    lrs = lrs_over(cfg, 50)
+    assert lrs[:4] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4]) and set(lrs[4:]) == {1e-3}
+
+
+def test_schedules_end_with_the_time_budget():
+    """Under a budget the schedule runs on elapsed time: half the budget is half the cosine, whatever the step."""
+    cfg = cfg_of("--schedule=cosine", "--lr=1e-3", "--min_lr=0", "--warmup_iters=0", "--max_iters=0", "--time_budget=10")
+    assert optim.get_lr(7, optim.progress_of(7, 300.0, cfg), cfg) == pytest.approx(5e-4)
+    assert optim.get_lr(9, optim.progress_of(9, 600.0, cfg), cfg) == pytest.approx(0.0)
+    one = cfg_of("--schedule=onecycle", "--max_iters=0", "--time_budget=10", "--cycle_rise=0.5")
+    assert optim.get_lr(3, optim.progress_of(3, 300.0, one), one) == pytest.approx(one.lr)
+
+
+def test_wsd_warms_up_holds_then_decays_to_zero_linear_or_sqrt():
+    cfg = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
+                 "--time_budget=0")
+    lrs = [optim.get_lr(it, optim.progress_of(it, 0, cfg), cfg) for it in range(101)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10])) and lrs[9] < 1e-3  # warmup
+    assert lrs[10:61] == pytest.approx([1e-3] * 51)  # stable until 60% of the run
+    assert all(a > b for a, b in zip(lrs[60:], lrs[61:]))  # then decays...
+    assert lrs[80] == pytest.approx(5e-4) and lrs[100] == 0.0  # ...linearly, to zero at the end
+    sqrt = cfg_of("--schedule=wsd", "--lr=1e-3", "--warmup_iters=10", "--max_iters=100", "--decay_frac=0.4",
+                  "--decay_shape=sqrt")
+    assert optim.get_lr(80, 0.8, sqrt) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)))  # 1 - sqrt: drops early
+    assert optim.get_lr(100, 1.0, sqrt) == 0.0
+    budget = cfg_of("--schedule=wsd", "--max_iters=1000000", "--time_budget=1", "--warmup_iters=0")
+    assert optim.get_lr(50, optim.progress_of(50, 60.0, budget), budget) == 0.0  # the budget ends the decay
+
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    muon, adamw = optim.make_optimizers(cfg_of("--optimizer=muon", "--muon_lr_scale=2.0", "--lr=1e-3"), model, "cpu")
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert {"wte.weight", "lm_head.weight", "ln_f.weight", "blocks.0.attn.q_norm.weight"} <= in_adamw
+    assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(names)
+    assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"  # the same lr gives AdamW's update RMS
+    optim.set_schedule([muon, adamw], 1e-3, 0.5, cfg_of("--optimizer=muon", "--muon_lr_scale=2.0"))
+    assert muon.param_groups[0]["lr"] == pytest.approx(2e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
+    cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
+                 "--muon_momentum=0.95", "--beta1=0.9")
+    model = GPT(GPTConfig(**TINY_GPT_4H))
+    muon, adamw = optim.make_optimizers(cfg, model, "cpu")
+    optim.set_schedule([muon, adamw], 1e-3, 0.4, cfg)  # the LR peak: momentum at its lowest
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.8) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.8)
+    optim.set_schedule([muon, adamw], 1e-3, 0.9, cfg)
+    assert muon.param_groups[0]["momentum"] == pytest.approx(0.95) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.9)
+
+
+def test_muon_without_hidden_matrices_is_a_user_error():
+    bare = GPT(GPTConfig(**{**TINY_GPT_4H, "n_layer": 0}))  # embeddings and the output layer only
+    with pytest.raises(UserError, match="optimizer=muon needs 2-D hidden weight matrices.*--optimizer=adamw"):
+        optim.make_optimizers(cfg_of("--optimizer=muon", "--n_layer=0"), bare, "cpu")
+    assert len(optim.make_optimizers(cfg_of("--optimizer=adamw"), bare, "cpu")) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--decay_frac=0"], r"decay_frac must be in \(0, 1\]"),
+    (["--decay_frac=1.5"], r"decay_frac must be in \(0, 1\]"),
+    (["--decay_shape=cosine"], "decay_shape must be one of linear, sqrt"),
+    (["--optimizer=lion"], "optimizer must be one of muon, adamw, sgd"),
+    (["--muon_momentum=1.0"], "muon_momentum in"),
+])
+def test_bad_recipe_settings_are_user_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        cfg_of(*argv)
