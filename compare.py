@@ -26,7 +26,6 @@ RUNS = ("gpt", "lstm")
 class CompareConfig:
     out_dir: str = "out/compare-pycode"
     start: str = ""  # the prompt; "" = the start of the dataset's test split (up to a line end)
-    data_dir: str = "data"
     temperatures: str = "0.5,1.0,1.5"
     max_new_tokens: int = 300  # per sample; decode tokens/s is measured on these (batch 1, on the CPU)
     seed: int = 1337
@@ -71,7 +70,8 @@ def test_prompt(data_dir, tokens=64):
     """The first `tokens` tokens of the test split as text, cut after its last line end if it has one: a
     real context both models continue (a bare newline lets a char model at a low temperature emit spaces)."""
     meta = load_meta(data_dir)
-    text = Tokenizer.from_meta(meta).decode(open_split(data_dir, "test")[:tokens].tolist())
+    split = "test" if "test" in meta["splits"] else "val"  # (instruction data has no test split)
+    text = Tokenizer.from_meta(meta).decode(open_split(data_dir, split)[:tokens].tolist())
     return text[:text.rfind("\n") + 1] or text
 
 
@@ -87,7 +87,9 @@ def compare(cfg):
     runs = {run: read_run(os.path.join(cfg.out_dir, run)) for run in RUNS}
     samples, speeds = {}, {}
     temps = parse_temperatures(cfg.temperatures.split(","))  # with a clear error for a bad one
-    start = cfg.start or test_prompt(os.path.join(cfg.data_dir, runs["gpt"][0]["dataset"]))
+    with open(os.path.join(cfg.out_dir, "gpt", "config.json")) as f:
+        trained = json.load(f)
+    start = cfg.start or test_prompt(os.path.join(trained["data_dir"], trained["dataset"]))
     for run in RUNS:  # a Session, as sample.py generates: the same prompt, seed and temperatures for both
         gcfg = GenerationConfig(out_dir=os.path.join(cfg.out_dir, run), num_samples=1,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, eot=False, device="cpu")

@@ -147,7 +147,7 @@ class RemoteFile(io.RawIOBase):
         super().close()
 
 
-def sha256(path):
+def file_sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(READ_BYTES):
@@ -158,7 +158,7 @@ def sha256(path):
 def _problem(path, sha256, size):
     if size is not None and path.stat().st_size != size:
         return f"size {path.stat().st_size:,} bytes, expected {size:,}"
-    if sha256 is not None and (got := sha256(path)) != sha256:
+    if sha256 is not None and (got := file_sha256(path)) != sha256:
         return f"sha256 {got}, expected {sha256}"
     return None
 

@@ -45,7 +45,7 @@ from configurator import UserError, cli, load_config
 from chat import TEMPLATE_NAME, Template, read_examples
 from checkpoint import CKPT_BEST, load_checkpoint
 from dataloader import SPLITS, load_meta
-from download import RemoteFile, download, sha256 as _sha256
+from download import RemoteFile, download, file_sha256 as _sha256
 from tokenizer import NUM_THREADS, Tokenizer
 
 BATCH_CHARS = 1 << 20        # documents are tokenized in batches of about this many characters

@@ -18,6 +18,7 @@ import zstandard
 
 import dataloader
 import configurator
+import download
 import prepare
 from configurator import UserError
 
@@ -65,7 +66,7 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.files, httpd.log, httpd.cut, httpd.fail, httpd.ignore_range = {}, [], {}, {}, False
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -83,7 +84,7 @@ SHA = hashlib.sha256(BODY).hexdigest()
 def test_cut_connection_resumes_with_range(server, tmp_path):
     server.files["/f.bin"] = BODY
     server.cut["/f.bin"] = 100_000
-    dest = prepare.download(server.url + "/f.bin", tmp_path / "raw" / "f.bin", sha256=SHA)
+    dest = download.download(server.url + "/f.bin", tmp_path / "raw" / "f.bin", sha256=SHA)
     assert dest.read_bytes() == BODY
     assert server.log == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
     assert not (tmp_path / "raw" / "f.bin.part").exists()
@@ -92,7 +93,7 @@ def test_cut_connection_resumes_with_range(server, tmp_path):
 def test_interrupted_run_resumes_from_part_file(server, tmp_path):
     server.files["/f.bin"] = BODY
     (tmp_path / "f.bin.part").write_bytes(BODY[:123_456])
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY  # size checked
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY  # size checked
     assert server.log == [("/f.bin", "bytes=123456-")]
 
 
@@ -100,41 +101,41 @@ def test_server_ignoring_range_still_gives_the_file(server, tmp_path):
     server.files["/f.bin"], server.ignore_range = BODY, True
     (tmp_path / "f.bin.part").write_bytes(BODY[:50_000])
     server.cut["/f.bin"] = 200_000
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
     assert len(server.log) == 2
 
 
 def test_complete_part_file_gets_416_and_is_kept(server, tmp_path):
     server.files["/f.bin"] = BODY
     (tmp_path / "f.bin.part").write_bytes(BODY)
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
     assert server.log == [("/f.bin", f"bytes={len(BODY)}-")]
 
 
 def test_corrupt_download_fails_checksum_and_is_deleted(server, tmp_path):
     server.files["/f.bin"] = BODY[:-1] + bytes([BODY[-1] ^ 0xFF])  # (not + b"X": 1 in 256 random BODYs end in X)
     with pytest.raises(UserError, match=f"f.bin is corrupt \\(sha256 .*expected {SHA}\\) and was deleted"):
-        prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+        download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
     assert list(tmp_path.iterdir()) == []
     server.files["/f.bin"] = BODY[:-1]
     with pytest.raises(UserError, match="size 299,999 bytes, expected 300,000"):
-        prepare.download(server.url + "/f.bin", tmp_path / "f.bin", size=len(BODY))
+        download.download(server.url + "/f.bin", tmp_path / "f.bin", size=len(BODY))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_verified_file_is_reused_and_a_bad_one_replaced(server, tmp_path):
     server.files["/f.bin"] = BODY
-    prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
-    prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+    download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
+    download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA)
     assert len(server.log) == 1
     (tmp_path / "f.bin").write_bytes(b"garbage")
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
     assert len(server.log) == 2
 
 
 def test_retries_after_server_error(server, tmp_path):
     server.files["/f.bin"], server.fail["/f.bin"] = BODY, 503
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin").read_bytes() == BODY
     assert len(server.log) == 2
 
 
@@ -161,8 +162,8 @@ def fail_to_connect(error):
 @pytest.mark.parametrize("case", ["connection refused", "cannot resolve nonexistent.invalid", "network unreachable"])
 def test_offline_fails_at_once_with_the_source_hint(tmp_path, monkeypatch, capsys, case):
     """No retry mends these soon, so none is made (offline, 5 retries spent 31 s before the message)."""
-    monkeypatch.setattr(prepare, "BACKOFF_S", 5.0)  # a retry would wait 5 s
-    monkeypatch.setattr(prepare, "RETRIES", 1)
+    monkeypatch.setattr(download, "BACKOFF_S", 5.0)  # a retry would wait 5 s
+    monkeypatch.setattr(download, "RETRIES", 1)
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):  # a proxy would resolve the name itself
         monkeypatch.delenv(var, raising=False)
     base = f"http://127.0.0.1:{free_port()}/"
@@ -190,7 +191,7 @@ def test_offline_fails_at_once_with_the_source_hint(tmp_path, monkeypatch, capsy
 
 
 def test_connect_timeouts_are_still_retried(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(prepare, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
     tries = []
 
     def timeout(*args, **kwargs):
@@ -198,8 +199,8 @@ def test_connect_timeouts_are_still_retried(tmp_path, monkeypatch, capsys):
         raise socket.timeout("timed out")
     monkeypatch.setattr(urllib3.util.connection, "create_connection", timeout)
     with pytest.raises(UserError, match="could not download .*ConnectTimeout.*--source=PATH"):
-        prepare.download(f"http://127.0.0.1:{free_port()}/x", tmp_path / "x")
-    assert len(tries) == prepare.RETRIES + 1 and f"retry {prepare.RETRIES}/{prepare.RETRIES}" in capsys.readouterr().err
+        download.download(f"http://127.0.0.1:{free_port()}/x", tmp_path / "x")
+    assert len(tries) == download.RETRIES + 1 and f"retry {download.RETRIES}/{download.RETRIES}" in capsys.readouterr().err
 
 
 def test_refused_reconnect_after_a_dropped_transfer_is_retried_and_resumes(server, tmp_path, monkeypatch):
@@ -214,7 +215,7 @@ def test_refused_reconnect_after_a_dropped_transfer_is_retried_and_resumes(serve
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
         return real(*args, **kwargs)
     monkeypatch.setattr(urllib3.util.connection, "create_connection", refuse_the_second)
-    assert prepare.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
+    assert download.download(server.url + "/f.bin", tmp_path / "f.bin", sha256=SHA).read_bytes() == BODY
     assert len(calls) == 3 and server.log == [("/f.bin", None), ("/f.bin", "bytes=100000-")]
 
 

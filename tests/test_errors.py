@@ -310,7 +310,9 @@ def test_sample_mistakes(run, tmp_path, capsys, monkeypatch):
         (["--start="], "the prompt is empty"),
         (["--top_p=0"], "top_p must be in (0, 1]"),
         (["--temperature=-1"], "temperature must be >= 0"),
-        (["--num_samples=0"], "num_samples >= 1"),
+        (["--num_samples=0"], "num_samples must be >= 1, got 0"),
+        (["--top_k=-5"], "top_k must be >= 0, got -5"),
+        (["--slide=-1"], "slide must be >= 0, got -1"),
         (["--device=gpu"], "device must be auto, cpu, cuda, cuda:N or mps, not 'gpu'"),
     ]:
         assert message in cli_error(sample.main, [f"--out_dir={run}", *argv], capsys, monkeypatch), argv

@@ -236,16 +236,16 @@ def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys, monkeypatch):
 
 
 def test_export_problems_of_options_read_with_their_gpt2_defaults():
-    """Options that may come after this file (norm, qk_norm, relu2, logit_softcap, anything else) are named."""
+    """Options that may come after this file (norm, qk_norm, relu2, anything else) are named."""
     args = {"n_head": 4, "vocab_size": 50257}
     assert hf.export_problems("gpt", args, {"tokenizer": "gpt2"}) == []  # an old checkpoint: GPT-2's defaults
-    odd = {**args, "norm": "rmsnorm", "qk_norm": True, "activation": "swish", "logit_softcap": 30.0, "parallel": True,
+    odd = {**args, "norm": "rmsnorm", "qk_norm": True, "activation": "swish", "parallel": True,
            "pos_emb": "sinusoidal", "n_kv_head": 4}
     assert hf.export_problems("gpt", odd, {"tokenizer": "word"}) == [
         "pos_emb=sinusoidal (GPT-2 learns its position embeddings)", "norm=rmsnorm (GPT-2 uses LayerNorm)",
         "qk_norm=True (GPT-2 does not normalize queries and keys)",
         "activation=swish (GPT-2's format takes gelu or gelu_tanh or relu2)",
-        "logit_softcap=30.0 (export does not know this option)", "parallel=True (export does not know this option)"]
+        "parallel=True (export does not know this option)"]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -69,13 +69,20 @@ def test_stop_string_trims_each_sample_at_its_own_stop(runs):
         assert text == (before[:before.index(stop)] if stop in before else before)
     assert r["stopped"][0] and len(r["samples"][0]) <= 15
     # escapes: --stop='\n' is a newline
-    assert cfg_for(runs["gpt"], "--stop=\\n").stop == "\n"
+    assert cfg_for(runs["gpt"], "--stop=\\n").stop == ("\n",)
+    # several stops: each sample is cut at the first of them to appear
+    other = full[1][10:12]
+    r = engine.Session(cfg_for(runs["gpt"], "--num_samples=4", "--temperature=1.0", f"--stop={stop}",
+                               f"--stop={other}")).generate("def ", 1.0)
+    for text, before in zip(r["samples"], full):
+        cuts = [before.index(s) for s in (stop, other) if s in before]
+        assert text == (before[:min(cuts)] if cuts else before)
 
 
 def test_end_of_text_stops_each_sample_and_ends_generation_when_all_have(runs):
     session = engine.Session(cfg_for(runs["lstm"], "--num_samples=3", "--temperature=1.0", "--max_new_tokens=80"))
     full = session.generate("def ", 1.0)
-    session.tok.eot_token = session.tok.encode("\n")[0]  # pretend the newline is end-of-text
+    session.eot = session.tok.encode("\n")[0]  # pretend the newline is end-of-text (what a Session stops at)
     r = session.generate("def ", 1.0)
     assert r["samples"] == [s.split("\n")[0] for s in full["samples"]]
     assert r["stopped"] == ["\n" in s for s in full["samples"]]
