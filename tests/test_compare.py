@@ -17,10 +17,11 @@ TINY_ARGS = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 -
 def test_make_compare_writes_the_report(tmp_path):
     prepare_text(tmp_path, "code", code_text())
     out = tmp_path / "cmp"
-    r = subprocess.run(["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
-                        f"COMPARE_DIR={out}", f"ARGS={TINY_ARGS} --data_dir={tmp_path / 'data'}"],
-                       cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    argv = ["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
+            f"COMPARE_DIR={out}", f"ARGS={TINY_ARGS} --data_dir={tmp_path / 'data'}"]
+    for _ in range(2):  # like `make`, a second `make compare` starts afresh
+        r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for name in ("report.md", "curves_tokens.png", "curves_time.png"):
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
@@ -30,3 +31,9 @@ def test_make_compare_writes_the_report(tmp_path):
     assert f"| test loss | {gpt['test_loss']:.4f} | {lstm['test_loss']:.4f} |" in report
     assert "generation tokens/s" in report
     assert report.count("### gpt, temperature") == 3 and report.count("### lstm, temperature") == 3
+    winner, loser = sorted((gpt, lstm), key=lambda r: r["val_loss"])
+    assert f"**{winner['model']}** reaches the lower val loss" in report.splitlines()[2]  # the verdict, first
+    assert f"{winner['val_loss']:.4f} against {loser['model']}'s {loser['val_loss']:.4f}" in report
+    assert "| model |" not in report  # the header already names the runs
+    prompt = report.split("(prompt ")[1].split(", 300 new tokens")[0]
+    assert len(eval(prompt).strip()) > 0 and eval(prompt).endswith("\n")  # the test split's start, not a bare newline

@@ -97,3 +97,46 @@ def test_help_lists_the_keys(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--lr=0.001  (float)" in out and "--top_k=None" in out
+
+
+@dataclass
+class Commented:
+    lr: float = 1e-3  # the peak learning rate
+    stop: tuple = ()  # stop strings
+    quiet: bool = False
+
+
+def test_help_shows_each_keys_comment(capsys):
+    with pytest.raises(SystemExit):
+        load_config(Commented(), ["--help"])
+    out = capsys.readouterr().out
+    assert "--lr=0.001  (float)" in out and out.split("--lr=0.001")[1].split("\n")[0].endswith("the peak learning rate")
+    assert "--quiet=False  (bool)" in out
+
+
+def test_a_bare_bool_flag_turns_it_on_and_tuple_flags_repeat():
+    cfg = load_config(Commented(), ["--quiet", "--stop=a", "--stop=b"])
+    assert cfg.quiet is True and cfg.stop == ("a", "b")
+    with pytest.raises(UserError, match="flag --lr has no value: write --lr=VALUE"):
+        load_config(Commented(), ["--lr"])
+
+
+def test_given_keys_are_the_ones_set(tmp_path):
+    from configurator import given_keys
+    f = tmp_path / "over.py"
+    f.write_text("n_layer = 4\n")  # the default's value, but set all the same
+    assert given_keys(load_config(Cfg(), [str(f), "--lr=0.1"])) == {"n_layer", "lr"}
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+    from conftest import REPO
+    for stage in ("prepare.py", "train.py", "sample.py"):
+        proc = subprocess.Popen([sys.executable, stage, "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.readline()
+        proc.stdout.close()  # as `| head -1` does
+        err = proc.stderr.read().decode()
+        assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipeError" not in err, (stage, err)

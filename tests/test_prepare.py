@@ -311,3 +311,33 @@ def test_benchmark_reports_speeds_and_flat_streaming_memory(gpt2_offline):
     assert big < small + 20  # streamed: holding 8 MB of text and its token lists would take ~80 MB more
 
 
+
+
+def test_like_tokenizes_new_text_as_a_run_did_and_names_missing_characters(data, tmp_path):
+    """prepare.py --like=DIR takes a prepared dataset's (or a run's) exact tokenizer: a char vocabulary
+    keeps its ids, and characters it lacks are all named in one refusal that writes nothing."""
+    base = json.loads((data / "code" / "meta.json").read_text())
+    book = tmp_path / "book.txt"
+    book.write_text("def f(x):\n    return x\n" * 200, encoding="utf-8")
+    prepare.main(["text", f"--input={book}", f"--like={data / 'code'}", f"--data_dir={tmp_path / 'd'}"])
+    meta = json.loads((tmp_path / "d" / "book" / "meta.json").read_text())  # named after the file
+    assert (meta["tokenizer"], meta["vocab"]) == ("char", base["vocab"])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("caf\u00e9 \u2603 \u00e9\n" * 50, encoding="utf-8")
+    with pytest.raises(UserError, match=r"character\(s\) of the input are not in .*: .*'\u2603'"):
+        prepare.main(["text", f"--input={bad}", f"--like={data / 'code'}", f"--data_dir={tmp_path / 'd'}"])
+    assert not (tmp_path / "d" / "bad").exists()
+    with pytest.raises(UserError, match="neither a run"):
+        prepare.main(["text", f"--input={book}", f"--like={tmp_path / 'nothing'}", f"--data_dir={tmp_path / 'd'}"])
+
+
+def test_a_dataset_is_never_overwritten_by_another_tokenization(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("hello world\n" * 300, encoding="utf-8")
+    args = ["text", f"--input={book}", f"--data_dir={tmp_path}"]
+    prepare.main(args)
+    before = (tmp_path / "book" / "train.bin").read_bytes()
+    prepare.main(args)  # the same tokenization again is fine
+    with pytest.raises(UserError, match=r"book already holds a dataset tokenized with char \(vocab 9\)"):
+        prepare.main(args + ["--tokenizer=byte"])
+    assert (tmp_path / "book" / "train.bin").read_bytes() == before

@@ -279,3 +279,28 @@ def test_ddp_a_held_run_lock_stops_every_process(corpus, tmp_path):
         err = torchrun(2, small_flags(corpus, out, "--max_iters=4"), ok=False)
         assert f"error: {out} is in use by another training run (pid {os.getpid()} on " in err
         assert [p.name for p in out.iterdir()] == ["run.lock"]
+
+
+def test_out_dir_defaults_to_the_dataset():
+    assert load_config(train.TrainConfig(), ["--dataset=mybook"]).out_dir == os.path.join("out", "mybook")
+    assert load_config(train.TrainConfig(), ["--dataset=mybook", "--out_dir=out/x"]).out_dir == "out/x"
+
+
+def test_resume_takes_the_runs_own_config_and_announces_a_new_horizon(corpus, tmp_path, capsys):
+    """--init_from=resume alone continues the run as it was configured (its dataset, its schedule); a new
+    budget given on resume is taken, and the changed schedule horizon is said in a note."""
+    out = tmp_path / "run"
+    run_small(corpus, out, "--max_iters=6", "--eval_interval=3", "--lr=2e-3", dataset="code_b")
+    capsys.readouterr()
+    cfg = load_config(train.TrainConfig(), [f"--out_dir={out}", "--init_from=resume", f"--data_dir={corpus / 'data'}"])
+    resumed, _ = checkpoint.start(cfg)
+    assert (resumed.dataset, resumed.max_iters, resumed.lr) == ("code_b", 6, 2e-3)
+    assert "note:" not in capsys.readouterr().out
+    cfg = load_config(train.TrainConfig(), [f"--out_dir={out}", "--init_from=resume", "--max_iters=12",
+                                            f"--data_dir={corpus / 'data'}"])
+    resumed, _ = checkpoint.start(cfg)
+    assert resumed.max_iters == 12
+    assert "note: resuming with max_iters 6 -> 12: the LR schedule's horizon changes" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"resume keeps the model and optimizer .*\(n_layer=2\), not n_layer=3"):
+        checkpoint.start(load_config(train.TrainConfig(), [f"--out_dir={out}", "--init_from=resume", "--n_layer=3",
+                                                           f"--data_dir={corpus / 'data'}"]))
