@@ -14,7 +14,9 @@ The template (TEMPLATE_NAME), for every tokenizer of this project:
     Assistant: {content}<eot>\n        (mask 1 on {content}<eot>: the loss falls there only)
 
 and so on, turn by turn. Each piece is encoded on its own and the pieces are joined, so a prompt at
-chat time is tokenized exactly as in training. <eot> ends every assistant turn and is what generation
+chat time is tokenized exactly as in training. An hf:NAME tokenizer that ships a chat template (in its
+tokenizer_config.json) uses that instead, rendered in Jinja's sandbox; its assistant turns, end marker
+included, are what the loss falls on. <eot> ends every assistant turn and is what generation
 stops at: gpt2's <|endoftext|>, a byte vocabulary's 0x04 (end of transmission), a Hugging Face
 tokenizer's eos token, and for a char vocabulary the first of EOT_CHARS it holds.
 An Alpaca record {"instruction", "input"?, "output"} is the conversation [user: instruction (a blank
@@ -114,10 +116,13 @@ def eot_of(tok):
 
 
 class Template:
-    """TEMPLATE_NAME over a tokenizer: conversations to token ids and loss masks."""
+    """A conversation template over a tokenizer: conversations to token ids and loss masks. TEMPLATE_NAME
+    (see the top of this file), or the chat template an hf:NAME tokenizer ships (name "hf:NAME")."""
 
     def __init__(self, tok):
         self.tok, self.eot = tok, eot_of(tok)
+        self.name = tok.kind if tok.chat_template else TEMPLATE_NAME
+        self.jinja = sandboxed(tok.chat_template) if tok.chat_template else None
         self._pieces = {}
 
     def _encode(self, text):
@@ -127,6 +132,8 @@ class Template:
 
     def render(self, messages):
         """(ids, mask) of a whole conversation: mask 1 on each assistant turn's content and end-of-turn."""
+        if self.jinja:
+            return self._render_jinja(messages)
         ids, mask = [], []
         for m in messages:
             head = self._encode(ROLES[m["role"]])
@@ -143,7 +150,49 @@ class Template:
     def prompt(self, messages):
         """The ids of a conversation that ends with a user turn, then the assistant's marker: what the
         model continues (and stops at end-of-turn) to answer."""
+        if self.jinja:
+            return self.tok.encode(self._text(messages, True))
         return self.render(messages)[0] + self._encode(ROLES["assistant"])
+
+    def _text(self, messages, generation_prompt):
+        try:
+            return self.jinja.render(messages=messages, add_generation_prompt=generation_prompt,
+                                     bos_token="", eos_token=self.tok.decode([self.eot]))
+        except Exception as e:  # the template's own raise_exception, or a template error
+            raise UserError(f"the {self.name} chat template failed: {e}".splitlines()[0]) from None
+
+    def _render_jinja(self, messages):
+        """The whole conversation rendered once and tokenized once; a token is trained on when it starts
+        inside an assistant turn: what the template adds between the conversation before that turn (with
+        the generation prompt) and the conversation up to its end, its end-of-turn marker included."""
+        text = self._text(messages, False)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                before, upto = self._text(messages[:i], True), self._text(messages[:i + 1], False)
+                if not (upto.startswith(before) and text.startswith(upto)):
+                    raise UserError(f"the {self.name} chat template does not render a conversation as the turns "
+                                    f"before it plus the new turn, so the assistant's tokens cannot be found")
+                spans.append((len(before), len(upto)))
+        encoding = self.tok._hf.encode(text, add_special_tokens=False)
+        mask = [int(any(a <= start < b for a, b in spans)) for start, _ in encoding.offsets]
+        return list(encoding.ids), mask
+
+
+def sandboxed(source):
+    """A chat template (Jinja code that came with a model) compiled in Jinja's immutable sandbox, as
+    transformers renders it: it can read the conversation but call nothing unsafe."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source)
+    except TemplateError as e:
+        raise UserError(f"the tokenizer's chat template does not compile: {e}") from None
 
 
 # ----------------------------------------------------------------------------- synthetic tasks

@@ -155,6 +155,10 @@ class Examples:
             y[r, :e - s - 1] = np.where(self.mask[s + 1:e] > 0, self.ids[s + 1:e].astype(np.int64), -1)
         return torch.from_numpy(x), torch.from_numpy(y)
 
+    def length(self, i):
+        """The tokens example i trains on as inputs (at most block_size)."""
+        return int(min(self.starts[i + 1] - self.starts[i] - 1, self.block_size))
+
     def targets(self, indices):
         """How many tokens of these examples are trained on (their masked targets within block_size)."""
         return sum(int(self.mask[s + 1:min(e, s + self.block_size + 1)].sum())
@@ -165,18 +169,20 @@ class ExampleBatches:
     """Batches's stream, over whole examples: each step draws grad_accum * batch_size example indices
     from a generator of its own (the same for every process; process `rank` takes its micro-batches), and
     step_targets counts the trained tokens of the whole step, so each micro-batch's loss can be weighted
-    by its share: the step's loss is the mean over all of its assistant tokens."""
+    by its share: the step's loss is the mean over all of its assistant tokens. step_tokens counts the
+    step's input tokens, padding left out."""
 
     def __init__(self, examples, batch_size, seed, grad_accum=1, rank=0, world=1):
         self.examples, self.batch_size = examples, batch_size
         self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
         self.gen = torch.Generator().manual_seed(seed)
-        self.pending, self.step_targets = [], 0
+        self.pending, self.step_targets, self.step_tokens = [], 0, 0
 
     def next(self):
         if not self.pending:
             ix = torch.randint(len(self.examples), (self.grad_accum, self.batch_size), generator=self.gen).tolist()
             self.step_targets = sum(self.examples.targets(row) for row in ix)
+            self.step_tokens = sum(self.examples.length(i) for row in ix for i in row)
             self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         return self.examples.batch(self.pending.pop(0))
 

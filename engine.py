@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hf
-from chat import TEMPLATE_NAME, Template
+from chat import Template
 from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
 from common import resolve_device, resolve_dtype
 from configurator import UserError
@@ -325,7 +325,7 @@ class Session:
             self.path = os.path.join(cfg.out_dir, cfg.ckpt)
             self.ckpt = load_checkpoint(self.path)
         self.tok = Tokenizer.from_meta(self.ckpt["meta"])
-        tuned = self.ckpt["meta"].get("template") == TEMPLATE_NAME  # fine-tuned on instructions (prepare.py sft)
+        tuned = bool(self.ckpt["meta"].get("template"))  # fine-tuned on instructions (prepare.py sft)
         self.template = Template(self.tok) if tuned else None
         self.eot = self.template.eot if tuned else self.tok.eot_token
         model = model_from_checkpoint(self.ckpt).to(self.device).eval()

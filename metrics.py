@@ -197,20 +197,27 @@ def read_events(out_dir):
 
 
 def plot_curves(out_dir):
-    """learning_curves.png: train and val loss against tokens seen."""
+    """learning_curves.png: train and val loss against tokens seen (and the exact match, if evaluated)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     events = read_events(out_dir)
     train = [(e["tokens"], e["loss"]) for e in events if e["event"] == "train"]
     val = [(e["tokens"], e["val_loss"]) for e in events if e["event"] == "eval"]
+    exact = [(e["tokens"], e["val_exact"]) for e in events if e["event"] == "eval" and "val_exact" in e]
     fig, ax = plt.subplots(figsize=(8, 5))
     for points, label in ((train, "train"), (val, "val (fixed windows)")):
         if points:
             ax.plot(*zip(*points), label=label, marker="." if label != "train" else None)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
-    ax.legend()
+    ax.legend(loc="upper left")
+    if exact:  # instruction fine-tuning with an eval_file: the greedy exact match, on its own axis
+        right = ax.twinx()
+        right.plot(*zip(*exact), color="tab:green", marker="o", label="exact match (eval_file)")
+        right.set_ylabel("greedy exact match")
+        right.set_ylim(0, 1)
+        right.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.savefig(os.path.join(out_dir, "learning_curves.png"), dpi=100, bbox_inches="tight")
     plt.close(fig)

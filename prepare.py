@@ -42,7 +42,7 @@ from typing import Iterable, NamedTuple, Optional
 import numpy as np
 
 from configurator import UserError, cli, load_config
-from chat import TEMPLATE_NAME, Template, read_examples
+from chat import Template, read_examples
 from checkpoint import CKPT_BEST, load_checkpoint
 from dataloader import SPLITS, load_meta
 from download import RemoteFile, download, file_sha256 as _sha256
@@ -450,7 +450,7 @@ def prepare_sft(cfg):
             os.replace(out_dir / f"{split}.{suffix}.tmp", out_dir / f"{split}.{suffix}")
         stats[split] = {"tokens": len(ids), "bytes": len(tok.decode(ids).encode("utf-8")), "examples": len(starts) - 1,
                         "trained_tokens": int(sum(mask))}
-    meta = {"format": 1, "dataset": name, "kind": "sft", **tok.to_meta(), "template": TEMPLATE_NAME,
+    meta = {"format": 1, "dataset": name, "kind": "sft", **tok.to_meta(), "template": template.name,
             "eot": template.eot, "max_tokens": limit, "overlong": cfg.overlong, **cut, "splits": stats,
             "source": {"input": str(Path(cfg.input).resolve()), "sha256": _sha256(cfg.input), "like": cfg.like,
                        "command": f"python prepare.py sft --input={cfg.input}" + (f" --like={cfg.like}" if cfg.like else
@@ -458,7 +458,7 @@ def prepare_sft(cfg):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (out_dir / "meta.json.tmp").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     os.replace(out_dir / "meta.json.tmp", out_dir / "meta.json")
-    print(f"{out_dir}: {len(examples)} examples, {tok.kind} tokenizer, template {TEMPLATE_NAME}")
+    print(f"{out_dir}: {len(examples)} examples, {tok.kind} tokenizer, template {template.name}")
     for s, st in stats.items():
         print(f"  {s:5s} {st['examples']:>7,} examples {st['tokens']:>11,} tokens ({st['trained_tokens']:,} trained)")
     print(f"  over {limit} tokens: {cut['dropped']} dropped, {cut['truncated']} truncated (--overlong={cfg.overlong})")

@@ -64,7 +64,7 @@ class Tokenizer:
     (pytorch/examples word_language_model); hf:NAME: a Hugging Face tokenizer, if installed."""
 
     def __init__(self, kind, vocab=None, token_dtype=""):
-        self.kind, self.vocab, self.eot_token = kind, vocab, None
+        self.kind, self.vocab, self.eot_token, self.chat_template = kind, vocab, None, None
         if kind == "char":
             codes = _codes("".join(vocab))
             if len(codes) != len(vocab):
@@ -83,7 +83,7 @@ class Tokenizer:
             self.vocab_size, self.eot_token = len(vocab), self._ids.get("<eos>")
         elif kind.startswith("hf:"):
             self.kind = kind = "hf:" + hf_name(kind[3:])
-            self._hf, self.vocab_size, self.eot_token = _load_hf(kind[3:])
+            self._hf, self.vocab_size, self.eot_token, self.chat_template = _load_hf(kind[3:])
         else:
             raise UserError(f"unknown tokenizer '{kind}': use char, byte, gpt2, word or hf:NAME")
         self.set_token_dtype(token_dtype)
@@ -267,4 +267,7 @@ def _load_hf(name):
         token = tok_config.get("eos_token")
         token = token.get("content") if isinstance(token, dict) else token
         eos = fast.token_to_id(token) if token else None
-    return fast, size, eos
+    template = tok_config.get("chat_template")  # code of the model's makers: chat.py renders it sandboxed
+    if template is None and path("chat_template.jinja"):
+        template = open(path("chat_template.jinja"), encoding="utf-8").read()
+    return fast, size, eos, template if isinstance(template, str) else None

@@ -150,6 +150,7 @@ class State:
     t_start: float = 0.0  # time.time() when this process started training
     t_log: float = 0.0  # where the next log line's speed is measured from
     it_log: int = 0
+    tokens_log: int = 0
     wandb: object = None
 
     def elapsed(self):
@@ -226,6 +227,7 @@ def restore(cfg, s, ckpt):
                         f"it is damaged; use the other checkpoint in {cfg.out_dir} or retrain") from None
     s.it = s.saved_at = s.it_log = ckpt["iter"]
     s.tokens, s.elapsed_before, s.best_val = ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
+    s.tokens_log = s.tokens
     s.batches.gen.set_state(ckpt["batch_rng"][0])
     if s.env.rank < len(ckpt["torch_rng"]):  # resumed under more processes: the new ones keep their fresh seeds
         torch.set_rng_state(ckpt["torch_rng"][s.env.rank])
@@ -289,7 +291,7 @@ def train(cfg):
         if s.scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
             s.skipped += s.scaler.get_scale() < scale
         s.it += 1
-        s.tokens += cfg.batch_size * s.micro_steps * env.world * cfg.block_size
+        s.tokens += getattr(s.batches, "step_tokens", 0) or cfg.batch_size * s.micro_steps * env.world * cfg.block_size
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), s.it, bad_step)  # no sync
         if s.it % cfg.log_interval == 0:
             log_step(cfg, s, loss_sum, bad_step, lr)
@@ -369,8 +371,8 @@ def log_step(cfg, s, loss_sum, bad_step, lr):
     stop_if_diverged(cfg, s, bad_step)
     now = time.time()
     dt = (now - s.t_log) / max(s.it - s.it_log, 1)
-    tok_s = cfg.batch_size * s.micro_steps * s.env.world * cfg.block_size / dt
-    s.t_log, s.it_log = now, s.it
+    tok_s = (s.tokens - s.tokens_log) / max(now - s.t_log, 1e-9)
+    s.t_log, s.it_log, s.tokens_log = now, s.it, s.tokens
     elapsed = s.elapsed()
     left = f" | left {fmt_time(cfg.time_budget * 60 - elapsed)}" if cfg.time_budget > 0 else ""
     left += f" | {s.skipped} fp16 steps skipped" if s.skipped else ""

@@ -253,3 +253,35 @@ def test_sft_resume_is_bit_exact(base, tmp_path):
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a) and straight["val_loss"] == resumed["val_loss"]
+
+
+def test_an_hf_tokenizers_own_chat_template_is_rendered_sandboxed_with_its_mask(tmp_path):
+    """A ChatML-like template shipped in tokenizer_config.json: its assistant turns and their end marker
+    are trained on, the rest is not; the prompt ends with its generation prompt; and code that reaches
+    past the conversation is stopped by the sandbox."""
+    from tokenizers import Tokenizer as Fast, decoders, models, pre_tokenizers, trainers
+    fast = Fast(models.BPE())
+    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    fast.decoder = decoders.ByteLevel()
+    fast.train_from_iterator(["hello there, how are you? fine thanks. reverse apple elppa"] * 20,
+                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast.save(str(tmp_path / "tokenizer.json"))
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    config = {"eos_token": "<|im_end|>", "chat_template": chatml}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = Tokenizer(f"hf:{tmp_path}")
+    template = chat.Template(tok)
+    assert template.name == f"hf:{tmp_path}" and tok.decode([template.eot]) == "<|im_end|>"
+    messages = [{"role": "user", "content": "reverse apple"}, {"role": "assistant", "content": "elppa"},
+                {"role": "user", "content": "how are you?"}, {"role": "assistant", "content": "fine thanks."}]
+    ids, mask = template.render(messages)
+    assert tok.decode(ids) == "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == "elppa<|im_end|>\nfine thanks.<|im_end|>\n"
+    assert tok.decode(template.prompt(messages[:1])) == "<|im_start|>user\nreverse apple<|im_end|>\n<|im_start|>assistant\n"
+    config["chat_template"] = "{{ messages.__class__.__mro__[1].__subclasses__() }}"  # reaching for Python's classes
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="chat template failed"):
+        chat.Template(Tokenizer(f"hf:{tmp_path}")).render(messages)
