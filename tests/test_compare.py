@@ -32,7 +32,7 @@ def test_make_compare_writes_the_report(tmp_path):
     assert "generation tokens/s" in report
     assert report.count("### gpt, temperature") == 3 and report.count("### lstm, temperature") == 3
     winner, loser = sorted((gpt, lstm), key=lambda r: r["val_loss"])
-    assert f"**{winner['model']}** reaches the lower val loss" in report.splitlines()[2]  # the verdict, first
+    assert f"**{winner['model']}** reaches the lower val loss" in report.splitlines()[1]  # the verdict, first
     assert f"{winner['val_loss']:.4f} against {loser['model']}'s {loser['val_loss']:.4f}" in report
     assert "| model |" not in report  # the header already names the runs
     prompt = report.split("(prompt ")[1].split(", 300 new tokens")[0]
