@@ -66,6 +66,8 @@ RECIPES = {
     "gpt2-tuned": GPT2_RECIPE + ["--batch_size=16", "--block_size=64", "--lr=2e-3", "--min_lr=2e-4",
                                  "--warmup_iters=50"],
     "default": [],  # TrainConfig as it is
+    # the defaults with a gated SwiGLU MLP (Llama's) of the same parameter count: 3 matrices of 344 = 2 of 512
+    "swiglu": ["--activation=swiglu", "--mlp_hidden=344"],
 }
 
 

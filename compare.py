@@ -25,7 +25,7 @@ RUNS = ("gpt", "lstm")
 @dataclass
 class CompareConfig:
     out_dir: str = "out/compare-pycode"
-    start: str = ""  # the prompt; "" = the start of the dataset's test split (up to a line end)
+    start: str = ""  # the prompt; "" = the start of the dataset's test split (up to a space)
     temperatures: str = "0.5,1.0,1.5"
     max_new_tokens: int = 300  # per sample; decode tokens/s is measured on these (batch 1, on the CPU)
     seed: int = 1337
@@ -67,12 +67,12 @@ def plot(runs, out_dir):
 
 
 def test_prompt(data_dir, tokens=64):
-    """The first `tokens` tokens of the test split as text, cut after its last line end if it has one: a
-    real context both models continue (a bare newline lets a char model at a low temperature emit spaces)."""
+    """The first `tokens` tokens of the test split as text, cut after its last space: a real context both
+    models continue mid-line (after a bare newline a char model at a low temperature emits indentation)."""
     meta = load_meta(data_dir)
     split = "test" if "test" in meta["splits"] else "val"  # (instruction data has no test split)
     text = Tokenizer.from_meta(meta).decode(open_split(data_dir, split)[:tokens].tolist())
-    return text[:text.rfind("\n") + 1] or text
+    return text[:text.rfind(" ") + 1] or text
 
 
 def verdict(runs):

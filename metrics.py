@@ -167,8 +167,8 @@ def write_results(out_dir, results, title, stem="results"):
         notes.append(f"**The evaluation was cut short**: {stem}.json holds what was scored; `python evaluate.py "
                      f"--out_dir={out_dir}` scores it again.")
     elif partial:
-        notes.append(f"Only part of {' and '.join(partial)} was scored (final_eval_tokens); `python evaluate.py "
-                     f"--out_dir={out_dir}` scores the whole splits.")
+        notes.append(f"Only part of {' and '.join(partial)} was scored (a cap: final_eval_tokens in training, "
+                     f"--max_tokens in evaluate.py); `python evaluate.py --out_dir={out_dir}` scores the whole splits.")
     notes.append("These losses score every token of a split once, in consecutive windows (a window's first "
                  "tokens see less context). The val loss logged during training (metrics.jsonl, "
                  "learning_curves.png) is another estimate: fixed random windows of val, at each evaluation.")

@@ -36,4 +36,4 @@ def test_make_compare_writes_the_report(tmp_path):
     assert f"{winner['val_loss']:.4f} against {loser['model']}'s {loser['val_loss']:.4f}" in report
     assert "| model |" not in report  # the header already names the runs
     prompt = report.split("(prompt ")[1].split(", 300 new tokens")[0]
-    assert len(eval(prompt).strip()) > 0 and eval(prompt).endswith("\n")  # the test split's start, not a bare newline
+    assert len(eval(prompt).strip()) > 0 and eval(prompt).endswith(" ")  # the test split's start, not a bare newline

@@ -46,6 +46,6 @@ def test_results_name_what_was_scored_in_a_meaningful_order(tmp_path):
     assert rows[:4] == ["split", "val", "test", "train (sample)"]  # val first: what runs are compared on
     assert "| val | 1.2000 | 3.32 | 0.6000 | 100 of 400 (25%) |" in text and "400 of 400 (all)" in text
     assert "| wall time | 2:30 |" in text and "| checkpoint | ckpt.pt (step 10) |" in text
-    assert "Only part of val was scored (final_eval_tokens)" in text  # test was scored whole
+    assert "Only part of val was scored (a cap: final_eval_tokens" in text  # test was scored whole
     assert "another estimate: fixed random windows of val" in text
     assert json.loads((tmp_path / "results.json").read_text()) == results
