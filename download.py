@@ -5,10 +5,12 @@ when a connection drops or times out, failing at once in one line when there is 
 renamed into place only when complete.
 
     path = download("https://host/file.zip", "data/x/raw/file.zip", sha256="...")
+    path = hub_download("HuggingFaceTB/SmolLM2-135M", "config.json")   # a Hub file, cached (huggingface_hub)
 """
 import errno
 import hashlib
 import io
+import logging
 import os
 import socket
 import sys
@@ -188,3 +190,26 @@ def download(url, dest, sha256=None, size=None):
                         "--source=PATH with a good local copy")
     os.replace(part, dest)
     return dest
+
+
+def hub_download(repo, filename, optional=False):
+    """The path of one file of a Hub repository: the cached copy if there is one, else downloaded (and cached).
+    optional: a missing file is a short UserError (the caller tries something else)."""
+    import huggingface_hub
+    try:
+        return huggingface_hub.hf_hub_download(repo, filename, local_files_only=True)
+    except Exception:  # not cached yet
+        pass
+    quiet = logging.getLogger("huggingface_hub")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # no warnings about retries: what goes wrong is our one line
+    try:
+        return huggingface_hub.hf_hub_download(repo, filename)
+    except Exception as e:
+        if optional:
+            raise UserError(f"{repo} has no {filename}") from None
+        raise UserError(f"could not download {filename} of {repo} from the Hugging Face Hub ({type(e).__name__}) "
+                        f"and it is not cached: connect to the network once, or download config.json and "
+                        f"model.safetensors of {repo} where there is a network, then pass init_from=hf:DIR") from None
+    finally:
+        quiet.setLevel(level)

@@ -23,7 +23,6 @@ config and iter for train.py's fine-tuning; its meta names the tokenizer (gpt2, 
 tokenizer.json). Needs safetensors, huggingface_hub and tokenizers, never transformers.
 """
 import json
-import logging
 import os
 import shutil
 
@@ -31,6 +30,7 @@ import torch
 
 import hf_llama
 from configurator import UserError
+from download import hub_download
 from model import GPT, GPTConfig
 from tokenizer import Tokenizer, hf_name
 
@@ -68,29 +68,6 @@ def is_pretrained(init_from):
 def is_hub_name(name):
     """Whether hf:NAME names a Hub repository (owner/name, not a folder here)."""
     return not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
-
-
-def hub_download(repo, filename, optional=False):
-    """The path of one file of a Hub repository: the cached copy if there is one, else downloaded (and cached).
-    optional: a missing file is a short UserError (the caller tries something else)."""
-    import huggingface_hub
-    try:
-        return huggingface_hub.hf_hub_download(repo, filename, local_files_only=True)
-    except Exception:  # not cached yet
-        pass
-    quiet = logging.getLogger("huggingface_hub")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # no warnings about retries: what goes wrong is our one line
-    try:
-        return huggingface_hub.hf_hub_download(repo, filename)
-    except Exception as e:
-        if optional:
-            raise UserError(f"{repo} has no {filename}") from None
-        raise UserError(f"could not download {filename} of {repo} from the Hugging Face Hub ({type(e).__name__}) "
-                        f"and it is not cached: connect to the network once, or download config.json and "
-                        f"model.safetensors of {repo} where there is a network, then pass init_from=hf:DIR") from None
-    finally:
-        quiet.setLevel(level)
 
 
 def pretrained_files(init_from):

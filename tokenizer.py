@@ -241,7 +241,7 @@ def _load_hf(name):
     if os.path.isdir(name):
         path = lambda f: os.path.join(name, f) if os.path.isfile(os.path.join(name, f)) else None  # noqa: E731
     elif name.count("/") == 1:  # a Hub repository
-        from hf import hub_download  # (hf.py imports this file)
+        from download import hub_download
 
         def path(f):
             try:
