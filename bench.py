@@ -154,7 +154,8 @@ def bench_model(name, arch, ocfg, B, T, device, settings, rounds, peaks):
         optimizer = fused if engine else plain
 
         def step(model=model, dtype=dtype, scaler=scaler, optimizer=optimizer):  # train.py's step
-            train_step(model, SimpleNamespace(next=lambda: (x, y)), 1, optimizer, scaler, ocfg, device, dtype, raw=raw)
+            train_step(model, SimpleNamespace(next=lambda: (x, y), step_targets=y.numel()), 1, optimizer, scaler,
+                       ocfg, device, dtype, raw=raw)
         t = time.perf_counter()
         for _ in range(2 if compiled else 1):  # compile (forward and backward graphs), or warm the allocator
             step()

@@ -93,13 +93,16 @@ def load_checkpoint(path, map_location="cpu"):
 def model_from_checkpoint(ckpt, dropout=None, check_only=False):
     """The checkpoint's model with its weights (in their dtype: bf16 stays bf16), on the CPU; dropout, if
     given, replaces the stored one (a fine-tune may change it). Weights that do not fit the stated architecture are a UserError. The model
-    takes the checkpoint's tensors themselves (no copy): the caller hands the checkpoint over."""
+    takes the checkpoint's tensors themselves (no copy): the caller hands the checkpoint over. check_only:
+    only check that the weights fit, on the meta device, and return that weightless model."""
     args = ckpt["model_args"] if dropout is None else {**ckpt["model_args"], "dropout": dropout}
     try:
         if check_only:  # shapes only, on the meta device: no memory, and no model sharing the checkpoint's tensors
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": as wanted
-                return build_model(ckpt["model_kind"], args).load_state_dict(ckpt["model"])
+                shell = build_model(ckpt["model_kind"], args)
+                shell.load_state_dict(ckpt["model"])
+                return shell
         model = load_model(ckpt["model_kind"], args, ckpt["model"])  # in the weights' own dtype
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise UserError(f"the checkpoint's weights do not fit its {ckpt['model_kind']} architecture "
@@ -149,10 +152,8 @@ def start(cfg):
     if cfg.init_from == "scratch":
         return cfg, None
     ckpt = _find(cfg)
-    model_from_checkpoint(ckpt, check_only=True)  # the weights must fit the model before anything is written
-    kind = ckpt["model_kind"]
-    with torch.device("meta"):  # every field of the model's config, its defaults filling in what args omit
-        stored = build_model(kind, ckpt["model_args"]).cfg
+    stored = model_from_checkpoint(ckpt, check_only=True).cfg  # the weights fit, before anything is written
+    kind = ckpt["model_kind"]  # (stored: every field of the model's config, defaults filling in what args omit)
     shape = {k: getattr(stored, k) for k in config_fields(kind) if k != "vocab_size" and (resume or k != "dropout")}
     shape = {**shape, "model": kind}
     if resume:

@@ -4,7 +4,7 @@ training and evaluation draw from them.
 
     meta = load_meta("data/pycode")                  # what prepare.py wrote: tokenizer, vocab, split sizes
     ids = open_split("data/pycode", "val")           # a read-only memmap of token ids, checked against meta.json
-    batches = Batches(ids, block_size, batch_size, seed)
+    batches = Batches(ids, block_size, batch_size, seed)   # (or Examples(dir, split, block_size): whole examples)
     x, y = batches.next()                            # (B, T) inputs and targets, int64
 
 A split is raw little-endian uint16 token ids (prepare.py writes it), or uint32 where meta.json says
@@ -92,28 +92,53 @@ def open_train_val(data_dir, block_size):
 
 
 class Batches:
-    """Random windows of a memmapped split, drawn from a generator of their own so the stream is
-    reproducible and resumable (its state goes into the checkpoint).
+    """Random batches of a split, drawn from a generator of their own so the stream is reproducible and
+    resumable (its state goes into the checkpoint): windows of block_size tokens of a token split, or
+    whole examples of an instruction split (Examples).
 
-    Every process draws the same stream: each optimizer step takes grad_accum * batch_size window starts
-    from the shared generator, and process `rank` of `world` trains on micro-batches rank*k .. rank*k+k-1
-    of them (k = grad_accum // world). So N processes see exactly the windows one process with the same
-    grad_accum sees, and a run resumes under any number of processes."""
+    Every process draws the same stream: each optimizer step takes grad_accum * batch_size starts (or
+    example indices) from the shared generator, and process `rank` of `world` trains on micro-batches
+    rank*k .. rank*k+k-1 of them (k = grad_accum // world). So N processes see exactly the batches one
+    process with the same grad_accum sees, and a run resumes under any number of processes. For the step
+    drawn last, step_targets counts the tokens trained on (over every process: the loss of each
+    micro-batch is weighted by its share of them) and step_tokens the input tokens, padding left out."""
 
     def __init__(self, data, block_size, batch_size, seed, grad_accum=1, rank=0, world=1):
-        if len(data) <= block_size:
-            raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
-                            f"lower --block_size")
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.source = data if isinstance(data, Examples) else Windows(data, block_size)
+        self.batch_size = batch_size
         self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
         self.gen = torch.Generator().manual_seed(seed)
-        self.pending = []  # this process's micro-batch starts left in the current step
+        self.pending = []  # this process's micro-batches (their starts or indices) left in the current step
+        self.step_targets = self.step_tokens = 0
 
     def next(self):
         if not self.pending:
-            ix = torch.randint(len(self.data) - self.block_size, (self.grad_accum, self.batch_size), generator=self.gen)
-            self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
-        return windows(self.data, self.pending.pop(0), self.block_size)
+            ix = torch.randint(len(self.source), (self.grad_accum, self.batch_size), generator=self.gen).tolist()
+            self.step_targets = sum(self.source.targets(row) for row in ix)
+            self.step_tokens = sum(self.source.tokens(row) for row in ix)
+            self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        return self.source.batch(self.pending.pop(0))
+
+
+class Windows:
+    """A token split as batches of windows: what Batches draws are window starts."""
+
+    def __init__(self, data, block_size):
+        if len(data) <= block_size:
+            raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
+                            f"lower --block_size")
+        self.data, self.block_size = data, block_size
+
+    def __len__(self):  # the starts a window can have
+        return len(self.data) - self.block_size
+
+    def batch(self, starts):
+        return windows(self.data, starts, self.block_size)
+
+    def tokens(self, starts):  # every target of a window is trained on
+        return len(starts) * self.block_size
+
+    targets = tokens
 
 
 def windows(data, starts, block_size):
@@ -155,36 +180,14 @@ class Examples:
             y[r, :e - s - 1] = np.where(self.mask[s + 1:e] > 0, self.ids[s + 1:e].astype(np.int64), -1)
         return torch.from_numpy(x), torch.from_numpy(y)
 
-    def length(self, i):
-        """The tokens example i trains on as inputs (at most block_size)."""
-        return int(min(self.starts[i + 1] - self.starts[i] - 1, self.block_size))
+    def tokens(self, indices):
+        """The input tokens of these examples (at most block_size each), padding left out."""
+        return sum(int(min(self.starts[i + 1] - self.starts[i] - 1, self.block_size)) for i in indices)
 
     def targets(self, indices):
         """How many tokens of these examples are trained on (their masked targets within block_size)."""
         return sum(int(self.mask[s + 1:min(e, s + self.block_size + 1)].sum())
                    for s, e in ((self.starts[i], self.starts[i + 1]) for i in indices))
-
-
-class ExampleBatches:
-    """Batches's stream, over whole examples: each step draws grad_accum * batch_size example indices
-    from a generator of its own (the same for every process; process `rank` takes its micro-batches), and
-    step_targets counts the trained tokens of the whole step, so each micro-batch's loss can be weighted
-    by its share: the step's loss is the mean over all of its assistant tokens. step_tokens counts the
-    step's input tokens, padding left out."""
-
-    def __init__(self, examples, batch_size, seed, grad_accum=1, rank=0, world=1):
-        self.examples, self.batch_size = examples, batch_size
-        self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
-        self.gen = torch.Generator().manual_seed(seed)
-        self.pending, self.step_targets, self.step_tokens = [], 0, 0
-
-    def next(self):
-        if not self.pending:
-            ix = torch.randint(len(self.examples), (self.grad_accum, self.batch_size), generator=self.gen).tolist()
-            self.step_targets = sum(self.examples.targets(row) for row in ix)
-            self.step_tokens = sum(self.examples.length(i) for row in ix for i in row)
-            self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
-        return self.examples.batch(self.pending.pop(0))
 
 
 def fixed_starts(n_tokens, block_size, count, seed):

@@ -58,12 +58,13 @@ def evaluate_split(model, data, batch_size, block_size, device, dtype, max_token
     """Mean loss over a whole split (or its first max_tokens), every token scored once, in consecutive
     windows of block_size (the last one shorter). Returns (loss, tokens scored), as mean_loss."""
     n = len(data) - 1 if max_tokens <= 0 else min(len(data) - 1, max_tokens)
-    starts = list(range(0, n, block_size))
-    full = [s for s in starts if s + block_size <= n]
-    batches = [windows(data, full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)]
-    if n % block_size:
-        batches.append(windows(data, [starts[-1]], n % block_size))
-    return mean_loss(model, iter(batches), device, dtype, stop)
+    full = list(range(0, n - block_size + 1, block_size))
+
+    def batches():  # made as they are scored: a whole split at once would be a copy of it in int64
+        yield from window_batches(data, full, batch_size, block_size)
+        if n % block_size:
+            yield windows(data, [n - n % block_size], n % block_size)
+    return mean_loss(model, batches(), device, dtype, stop)
 
 
 @torch.no_grad()

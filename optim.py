@@ -212,17 +212,15 @@ def train_step(model, batches, micro_steps, optimizers, scaler, cfg, device, dty
     """One optimizer step: micro_steps forward and backward passes on batches.next() (under DDP the
     gradients are averaged in the last one only), then clip, step and clear (optimizer_step). `raw` is the
     model whose gradients are clipped when `model` is a wrapper (DDP, compile). Each micro-batch's mean
-    loss counts by its share of the step: 1 / micro_steps, or, where targets are masked (instruction
-    data: batches.step_targets counts the step's trained tokens over all `world` processes), its trained
-    tokens over the step's. Returns this process's share of the step's loss, a device tensor (reading it
-    would wait for the device)."""
+    loss counts by its share of the step's trained tokens (batches.step_targets, over all `world`
+    processes): the step's loss is the mean over all of them (1 / micro_steps each where no target is
+    masked). Returns this process's share of the step's loss, a device tensor (reading it would wait for
+    the device)."""
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     loss_sum = torch.zeros((), device=device)
     for micro in range(micro_steps):
         x, y = batches.next()
-        share = 1 / micro_steps
-        if getattr(batches, "step_targets", None):  # DDP averages over processes: * world makes it a sum
-            share = int((y >= 0).sum()) * world / batches.step_targets
+        share = int((y >= 0).sum()) * world / batches.step_targets  # DDP averages processes: * world sums them
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with model.no_sync() if ddp and micro < micro_steps - 1 else contextlib.nullcontext():
             with autocast(device, dtype):

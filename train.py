@@ -41,7 +41,7 @@ from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, w
 from common import Env, StopFlag, fmt_time, gather_states, print0, resolve_compile, setup, teardown
 from configurator import UserError, cli, load_config
 from chat import Template, read_examples
-from dataloader import Batches, ExampleBatches, Examples, fixed_starts, load_meta, open_split, open_train_val
+from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
                      write_results)
 from model import RECIPE_ARCH, ROPE_BASE, build_model
@@ -138,7 +138,7 @@ class State:
     train_model: torch.nn.Module  # what training calls: under DDP, a wrapper that averages gradients
     optimizers: list
     scaler: torch.amp.GradScaler
-    batches: Batches  # (ExampleBatches for instruction data)
+    batches: Batches
     eval_batches: dict  # split name -> a function giving the fixed (x, y) batches every evaluation scores
     micro_steps: int  # this process's micro-batches per optimizer step
     it: int = 0
@@ -151,6 +151,7 @@ class State:
     t_log: float = 0.0  # where the next log line's speed is measured from
     it_log: int = 0
     tokens_log: int = 0
+    exact: tuple = None  # eval_file's (template, conversations), scored by greedy exact match at each evaluation
     wandb: object = None
 
     def elapsed(self):
@@ -178,10 +179,7 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
     optimizers = make_optimizers(cfg, raw, env.device)
     scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
-    if isinstance(train_data, Examples):  # instruction data: whole examples, the loss on the assistant's tokens
-        batches = ExampleBatches(train_data, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
-    else:
-        batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
+    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
     model = torch.compile(raw) if resolve_compile(cfg.compile, env.device) else raw
     wrapped = model
     if env.world > 1:
@@ -264,11 +262,13 @@ def train(cfg):
     micro = micro_steps(cfg, env)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
-    if cfg.eval_file:  # checked before anything is written
-        Template(Tokenizer.from_meta(meta)) and read_examples(cfg.eval_file)
+    exact = None  # (the template, the held-out conversations) of eval_file, read before anything is written
+    if cfg.eval_file:
+        exact = Template(Tokenizer.from_meta(meta)), read_examples(cfg.eval_file)
     if env.master:
         write_config(cfg, env)
     s = build(cfg, env, micro, meta, train_data, val_data, ckpt)
+    s.exact = exact
     announce(cfg, s)
     # under DDP rank 0's clock and signals decide for all, through gloo on the CPU (no GPU sync per step)
     control = torch.distributed.new_group(backend="gloo") if env.world > 1 and env.device.startswith("cuda") else None
@@ -291,7 +291,7 @@ def train(cfg):
         if s.scaler.is_enabled():  # a skipped step halves the scale (get_scale syncs; fp16 only)
             s.skipped += s.scaler.get_scale() < scale
         s.it += 1
-        s.tokens += getattr(s.batches, "step_tokens", 0) or cfg.batch_size * s.micro_steps * env.world * cfg.block_size
+        s.tokens += s.batches.step_tokens
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss_sum), s.it, bad_step)  # no sync
         if s.it % cfg.log_interval == 0:
             log_step(cfg, s, loss_sum, bad_step, lr)
@@ -340,9 +340,8 @@ def evaluate_and_checkpoint(cfg, s, bad_step, elapsed):
     losses = {name: mean_loss(s.eval_model, batches(), env.device, env.dtype)[0] for name, batches in s.eval_batches.items()}
     val = metrics_for(losses["val"], s.meta["splits"]["val"])
     extra = {}
-    if cfg.eval_file and env.master:  # greedy answers to held-out instructions
-        template = Template(Tokenizer.from_meta(s.meta))
-        extra["val_exact"] = exact_match(s.model, template, read_examples(cfg.eval_file), env.device, env.dtype)
+    if s.exact and env.master:  # greedy answers to held-out instructions
+        extra["val_exact"] = exact_match(s.model, *s.exact, env.device, env.dtype)
     print0(f"eval step {s.it}: train {losses['train']:.4f} | val {losses['val']:.4f} | ppl {val['ppl']:.2f} | "
            + (f"exact match {extra['val_exact']:.1%}" if extra else f"{val['bpb']:.3f} bits/byte"))
     log_event(cfg, s, "eval", step=s.it, tokens=s.tokens, train_loss=losses["train"], val_loss=losses["val"],
@@ -418,10 +417,8 @@ def lr_find(cfg):
     env = setup(cfg.device, cfg.dtype)
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     meta = load_meta(data_dir)
-    if meta.get("kind") == "sft":
-        batches = ExampleBatches(Examples(data_dir, "train", cfg.block_size), cfg.batch_size, cfg.seed, cfg.grad_accum)
-    else:
-        batches = Batches(open_split(data_dir, "train"), cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum)
+    train_data = Examples(data_dir, "train", cfg.block_size) if meta.get("kind") == "sft" else open_split(data_dir, "train")
+    batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(env.device)
     optimizers = make_optimizers(cfg, model, env.device)
