@@ -404,8 +404,10 @@ def check_target(to, config):
         with open(path, encoding="utf-8") as f:
             there = json.load(f)
     except (OSError, ValueError):
+        there = None
+    if not isinstance(there, dict) or "model_type" not in there:  # e.g. a run's own config.json
         raise UserError(f"{to} already holds files that are not a model export: pick another --to (or delete "
-                        f"them)") from None
+                        f"them)")
     if there != config:
         raise UserError(f"{to} already holds a different model ({there.get('model_type')}, "
                         f"{there.get('vocab_size')} tokens): pick another --to (or delete it)")

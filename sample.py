@@ -155,7 +155,7 @@ def chat(cfg, lines, say=print):
     session = Session(dataclasses.replace(cfg, num_samples=1, stop=cfg.stop))
     if session.template is None:
         raise UserError(f"{session.path} was not fine-tuned on instructions (its data has no chat template), so "
-                        f"it only continues text: fine-tune it first (prepare.py sft, README), or drop --chat")
+                        f"it only continues text: fine-tune it first (prepare.py sft, README), or drop --chat/--instruction")
     messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
     interactive = sys.stdin.isatty() and lines is sys.stdin
     for line in lines:
