@@ -46,7 +46,7 @@ import torch
 from common import autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
 from optim import OptimConfig, make_optimizers, train_step
 
 WHAT = ("train", "tokenize", "generate", "budget", "sft")
@@ -66,8 +66,8 @@ RECIPES = {
     "gpt2-tuned": GPT2_RECIPE + ["--batch_size=16", "--block_size=64", "--lr=2e-3", "--min_lr=2e-4",
                                  "--warmup_iters=50"],
     "default": [],  # TrainConfig as it is
-    # the defaults with a gated SwiGLU MLP (Llama's) of the same parameter count: 3 matrices of 344 = 2 of 512
-    "swiglu": ["--activation=swiglu", "--mlp_hidden=344"],
+    # the defaults with the plain ReLU² MLP they had before SwiGLU (as many weights: 2 matrices of 512, not 3 of 344)
+    "relu2": ["--activation=relu2"],
 }
 
 
@@ -90,7 +90,7 @@ class BenchConfig:
     big: bool = True  # include the GPT-2 small shape
     dataset: str = "pycode"  # budget: the prepared dataset every recipe trains on
     budget: float = 2.5  # budget: minutes of training per run
-    repeats: int = 1  # budget: runs per recipe (interleaved rounds; min and median reported)
+    repeats: int = 1  # budget: runs per recipe (interleaved rounds, round r with seed 1337 + r; min and median reported)
     recipes: str = "nanogpt,gpt2-tuned,default"  # budget: comma-separated names from RECIPES
     parallel: bool = False  # budget: a round's recipes train at the same time, the CPU threads split between them
     threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
@@ -125,6 +125,11 @@ def flops_per_token(model, cfg, T):
     return 6 * n + 12 * cfg.n_layer * cfg.n_embd * T
 
 
+def recipe_config(**shape):
+    """train.py's recipe at this shape."""
+    return GPTConfig(**size_gated_mlp({**RECIPE_ARCH, **shape}))
+
+
 def shapes(device):
     """(name, GPTConfig, OptimConfig, batch, T) of the benchmarked models, with train.py's default recipe:
     the quickstart (config/quickstart.py) and GPT-2 small, cut down to batch 1 x 256 on a CPU."""
@@ -132,9 +137,9 @@ def shapes(device):
     arch = {k: v for k, v in quick.items() if k in config_fields("gpt")}
     optim = OptimConfig(**{k: v for k, v in quick.items() if k in {f.name for f in fields(OptimConfig)}})
     cuda = device.startswith("cuda")
-    return [("quickstart", GPTConfig(**{**RECIPE_ARCH, **arch, "vocab_size": 256}), optim, quick["batch_size"],
+    return [("quickstart", recipe_config(**{**arch, "vocab_size": 256}), optim, quick["batch_size"],
              arch["block_size"]),
-            ("gpt2-124M", GPTConfig(**RECIPE_ARCH, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
+            ("gpt2-124M", recipe_config(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
              OptimConfig(), 16 if cuda else 1, 1024 if cuda else 256)]
 
 
@@ -239,7 +244,7 @@ def generation_shapes():
     """The generation benchmark's models, with random weights (speed does not depend on them): the
     quickstart's (the recipe's architecture at config/quickstart.py's size, 222 characters) and GPT-2
     124M."""
-    return {"quickstart": GPTConfig(**RECIPE_ARCH, vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128),
+    return {"quickstart": recipe_config(vocab_size=222, block_size=128, n_layer=4, n_head=4, n_embd=128),
             "gpt2-124M": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)}
 
 
@@ -400,7 +405,7 @@ def bench_budget(bc):
             shutil.rmtree(out, ignore_errors=True)
             argv = [sys.executable, "train.py", f"--dataset={bc.dataset}", f"--out_dir={out}", f"--device={bc.device}",
                     f"--time_budget={bc.budget}", "--max_iters=100000000", f"--eval_interval={EVAL_EVERY}",
-                    "--log_interval=100", "--final_eval_tokens=0", *RECIPES[name]]
+                    "--log_interval=100", "--final_eval_tokens=0", f"--seed={1337 + r}", *RECIPES[name]]
             env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             started.append((name, out, proc))

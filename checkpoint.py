@@ -30,7 +30,7 @@ import hf
 from common import print0
 from configurator import UserError, given_keys
 from dataloader import load_meta
-from model import build_model, config_fields, load_model
+from model import build_model, config_fields, load_model, size_gated_mlp
 
 CKPT_FORMAT = 2  # 2: the optimizers as a list, every rank's RNG state (format 1 files are refused)
 CKPT_BEST, CKPT_LAST = "ckpt.pt", "last.pt"
@@ -39,9 +39,10 @@ SCHEDULE_KEYS = ("max_iters", "time_budget", "schedule", "warmup_iters", "decay_
 
 
 def model_args(cfg, vocab_size):
-    """The model's constructor arguments from a config holding its fields (TrainConfig does)."""
+    """The model's constructor arguments from a config holding its fields (TrainConfig does). A SwiGLU MLP
+    left to mlp_ratio holds as many weights as the plain MLP would (model.size_gated_mlp)."""
     args = {k: getattr(cfg, k) for k in config_fields(cfg.model) if k != "vocab_size"}
-    return {**args, "vocab_size": vocab_size}
+    return size_gated_mlp({**args, "vocab_size": vocab_size})
 
 
 # ----------------------------------------------------------------------------- saving and loading

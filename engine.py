@@ -31,7 +31,8 @@ from configurator import UserError
 from model import GPT
 from tokenizer import Tokenizer
 
-INT8_MAX_ROWS = 16  # Int8Linear: inputs of up to this many rows (tokens x batch) use the int8 kernel
+INT8_MAX_ROWS = 16  # Int8Linear: inputs of up to this many rows (tokens x batch) use the int8 kernel...
+INT8_K_MULTIPLE = 32  # ...with an input width that is a multiple of this (torch 2.13's CPU bf16 kernel crashes otherwise)
 CPU_FP32_BYTES = 32 * 2**20  # see generation_dtype: about a server CPU's last-level cache
 COMPILE_AFTER = 8  # compile=None (auto) times this many eager decode steps, then decides
 COMPILE_PAYS_S = 60.0  # auto compiles when the rest of the decode would take longer than this eagerly:
@@ -145,7 +146,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         rows = x.reshape(-1, x.size(-1))
-        if rows.size(0) <= INT8_MAX_ROWS:  # decode: the int8 weights streamed once
+        if rows.size(0) <= INT8_MAX_ROWS and rows.size(1) % INT8_K_MULTIPLE == 0:  # decode: the int8 weights streamed once
             y = torch._weight_int8pack_mm(rows, self.weight, self.scale)
         else:  # a prefill: the weights dequantized once serve all the rows (the int8 kernel measured far slower)
             y = F.linear(rows, self.weight.to(x.dtype)) * self.scale

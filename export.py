@@ -11,9 +11,9 @@ exactly, which transformers, the Hub, lm-eval and vLLM load (and llama.cpp's con
 
 The architecture is picked per run (hf.export_plan) and named in the output:
     learned positions + LayerNorm (GPT-2's)                -> GPT2LMHeadModel
-    RoPE + RMSNorm + QK-norm + a plain MLP (the recipe)    -> ApertusForCausalLM (hidden_act relu2, gelu)
+    RoPE + RMSNorm + QK-norm + SwiGLU (the recipe)         -> Qwen3ForCausalLM
+    RoPE + RMSNorm + QK-norm + a plain MLP (relu2, gelu)   -> ApertusForCausalLM
     RoPE + RMSNorm, a plain MLP, no QK-norm                -> ArceeForCausalLM
-    RoPE + RMSNorm + QK-norm + SwiGLU                      -> Qwen3ForCausalLM
     RoPE + RMSNorm + SwiGLU (+ q/k/v biases: Qwen2)        -> LlamaForCausalLM / Qwen2ForCausalLM
 Grouped-query attention, tied or untied output weights, mlp width, head_dim, the RMSNorm epsilon and
 RoPE's theta and scaling carry over. The tokenizer goes along (tokenizer.json for char, word and byte

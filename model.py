@@ -13,9 +13,9 @@ scaled_dot_product_attention, with n_kv_head < n_head for grouped-query / multi-
 then an MLP), dropout, a final norm, output weights tied to the token embedding, N(0, 0.02) init
 with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2. The
 options since GPT-2 (the modded-nanogpt speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of
-each head's queries and keys), activation=relu2 (ReLU squared), zero_init (residual projections, and
-an untied head, start at 0). For Llama-family weights (hf.py imports them): activation=swiglu (a gated
-MLP), rope_theta and Llama 3's rope_scaling, norm_eps, qkv_bias (Qwen2), head_dim and mlp_hidden (exact
+each head's queries and keys), activation=relu2 (ReLU squared) or swiglu (a gated MLP, Llama's and the
+recipe's), zero_init (residual projections, and an untied head, start at 0). For Llama-family weights
+(hf.py imports them): rope_theta and Llama 3's rope_scaling, norm_eps, qkv_bias (Qwen2), head_dim and mlp_hidden (exact
 widths); each default keeps the architecture above unchanged.
 rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
 Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
@@ -91,13 +91,22 @@ class GPTConfig:
         return self.head_dim or self.n_embd // self.n_head
 
 
+def size_gated_mlp(args):
+    """Model args (a dict of GPTConfig fields) whose SwiGLU MLP, if left to mlp_ratio, is as wide as holds the
+    weights of a plain MLP mlp_ratio * n_embd wide: 2/3 of it (three matrices, not two), rounded up to a
+    multiple of 8. train.py's runs (checkpoint.model_args) and bench.py size a gated MLP so."""
+    if args.get("activation") != "swiglu" or args.get("mlp_hidden"):
+        return args
+    return {**args, "mlp_hidden": -(-round(2 * args.get("mlp_ratio", 4.0) * args["n_embd"] / 3) // 8) * 8}
+
+
 # GPT-2's choice (GPTConfig's default) for each option train.py's modern recipe changes: a config sets
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
                                                  "bias", "tie_weights")}
-# train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, ReLU squared,
-# zero-initialized residual projections, no soft-capping, no biases, an untied head
-RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True,
+# train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, a SwiGLU MLP
+# (sized by size_gated_mlp), zero-initialized residual projections, no biases, an untied head
+RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", zero_init=True,
                    bias=False, tie_weights=False)
 
 

@@ -14,7 +14,7 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
 
 Defaults are TrainConfig below (its optimization keys come from optim.OptimConfig): the recipe that
 bought the lowest loss in a few CPU minutes (`python bench.py budget`): Muon for the hidden matrices and
-AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm, QK-norm, ReLU²,
+AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm, QK-norm, a SwiGLU MLP,
 zero-initialized projections and an untied head (model.RECIPE_ARCH). The seed configs pin GPT-2's
 architecture and their seeds' optimizers. A run ends at max_iters or when its wall-clock budget
 (time_budget, minutes) is spent, whichever comes first; the LR schedule runs on the further of the two,
@@ -78,7 +78,7 @@ class TrainConfig(OptimConfig):
     activation: str = RECIPE_ARCH["activation"]  # gpt: the MLP's gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared) | swiglu (gated)
     zero_init: bool = RECIPE_ARCH["zero_init"]  # gpt: residual projections (and an untied head) start at zero
     # gpt: shapes imported models bring (hf.py); the defaults change nothing above
-    mlp_hidden: int = 0  # exact MLP width (Llama's intermediate_size); 0 = mlp_ratio * n_embd
+    mlp_hidden: int = 0  # exact MLP width (Llama's intermediate_size); 0 = mlp_ratio * n_embd (swiglu: 2/3 of it)
     head_dim: int = 0  # per-head width; 0 = n_embd // n_head
     qkv_bias: bool = False  # biases on queries, keys and values only (Qwen2)
     norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon

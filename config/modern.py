@@ -6,7 +6,7 @@
 pos_emb = "rope"
 norm = "rmsnorm"
 qk_norm = True
-activation = "relu2"
+activation = "swiglu"
 zero_init = True
 tie_weights = False
 bias = False

@@ -38,7 +38,7 @@ FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChec
 TINY_GPT = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 TINY_GPT_4H = {**TINY_GPT, "n_head": 4}  # head size 8: room for RoPE and QK-norm (the recipe tests' shape)
 # the modern recipe's model options, all of them on
-MODERN = dict(norm="rmsnorm", qk_norm=True, activation="relu2", zero_init=True, tie_weights=False, pos_emb="rope")
+MODERN = dict(norm="rmsnorm", qk_norm=True, activation="swiglu", zero_init=True, tie_weights=False, pos_emb="rope")
 
 
 def tiny_gpt(**kw):

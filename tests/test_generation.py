@@ -163,6 +163,17 @@ def test_int8_weights_stay_close_and_generate():
     assert generate(model, idx[:, :3], 20, temperature=0).shape == (2, 23)
 
 
+def test_int8_bf16_rows_of_any_width():
+    """bf16 activations, several rows, an input width that is no multiple of 32 (a SwiGLU MLP's 88):
+    torch's CPU int8 kernel crashes there, so Int8Linear dequantizes instead; both widths agree with it."""
+    for width in (88, 96):
+        lin = torch.nn.Linear(width, 40, bias=False)
+        q = Int8Linear(lin, torch.bfloat16)
+        x = torch.randn(8, width).bfloat16()
+        want = x.float() @ (q.weight.float() * q.scale.float()[:, None]).t()
+        torch.testing.assert_close(q(x).float(), want, atol=0.05 * want.abs().max().item(), rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_step_generates_what_eager_does():
     """On a GPU: the compiled step that engine.py makes there (CUDA graphs, static cache buffers) gives the

@@ -148,17 +148,17 @@ def test_fine_tune_and_sample_an_imported_model_with_its_own_tokenizer(tmp_path,
 
 # ----------------------------------------------------------------------------- export
 
-RECIPE = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False, tie_weights=False)
+RECIPE = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", bias=False, tie_weights=False)
 TARGETS = [  # (our options, the architecture that holds them)
-    (RECIPE, "ApertusForCausalLM"),
+    (RECIPE, "Qwen3ForCausalLM"),
+    ({**RECIPE, "activation": "relu2"}, "ApertusForCausalLM"),
     ({**RECIPE, "n_kv_head": 2, "activation": "gelu_tanh", "norm_eps": 1e-6}, "ApertusForCausalLM"),
-    ({**RECIPE, "qk_norm": False, "tie_weights": True}, "ArceeForCausalLM"),
+    ({**RECIPE, "activation": "relu2", "qk_norm": False, "tie_weights": True}, "ArceeForCausalLM"),
     ({**RECIPE, "qk_norm": False, "bias": True, "activation": "gelu"}, "ArceeForCausalLM"),
-    ({**RECIPE, "activation": "swiglu", "head_dim": 12, "n_kv_head": 1}, "Qwen3ForCausalLM"),
-    ({**RECIPE, "activation": "swiglu", "qk_norm": False, "rope_theta": 5e5, "rope_scaling": "8,1,4,16",
-      "mlp_hidden": 40}, "LlamaForCausalLM"),
-    ({**RECIPE, "activation": "swiglu", "qk_norm": False, "qkv_bias": True}, "Qwen2ForCausalLM"),
-    ({**RECIPE, "qkv_bias": True}, "ApertusForCausalLM"),  # a zero o_proj bias
+    ({**RECIPE, "head_dim": 12, "n_kv_head": 1}, "Qwen3ForCausalLM"),
+    ({**RECIPE, "qk_norm": False, "rope_theta": 5e5, "rope_scaling": "8,1,4,16", "mlp_hidden": 40}, "LlamaForCausalLM"),
+    ({**RECIPE, "qk_norm": False, "qkv_bias": True}, "Qwen2ForCausalLM"),
+    ({**RECIPE, "activation": "relu2", "qkv_bias": True}, "ApertusForCausalLM"),  # a zero o_proj bias
     (dict(activation="gelu_tanh", bias=False, tie_weights=False), "GPT2LMHeadModel"),
 ]
 
@@ -185,7 +185,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, options, ar
         assert torch.allclose(again(idx)[0], model(idx)[0], rtol=0, atol=1e-6)
 
 
-def test_the_default_recipe_exports_to_apertus_from_the_cli(tmp_path, capsys):
+def test_the_default_recipe_exports_to_qwen3_from_the_cli(tmp_path, capsys):
     data = prepare_text(tmp_path, "code", TEXT + NON_ASCII)  # char-level
     train.train(load_config(train.TrainConfig(), [f"--dataset=code", f"--data_dir={data}", f"--out_dir={tmp_path / 'run'}",
                                                   "--max_iters=2", "--eval_iters=1", "--batch_size=2", "--device=cpu",
@@ -193,7 +193,7 @@ def test_the_default_recipe_exports_to_apertus_from_the_cli(tmp_path, capsys):
     capsys.readouterr()
     export.main([f"--out_dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'run' / 'hf'} as ApertusForCausalLM: config.json, model.safetensors, tokenizer.json, " \
+    assert f"wrote {tmp_path / 'run' / 'hf'} as Qwen3ForCausalLM: config.json, model.safetensors, tokenizer.json, " \
            f"tokenizer_config.json" in out
     ckpt = checkpoint.load_checkpoint(tmp_path / "run" / "ckpt.pt")
     ours = checkpoint.model_from_checkpoint(ckpt).eval()
@@ -260,14 +260,14 @@ def test_what_no_architecture_holds_is_named(tmp_path):
 def test_export_refuses_a_target_holding_another_model(tmp_path):
     model = GPT(GPTConfig(vocab_size=96, n_layer=1, n_embd=32, **RECIPE))
     meta = {"tokenizer": "byte", "vocab_size": 96, "eot_token": None}
-    hf.save_pretrained(model, meta, tmp_path / "a", "apertus")
+    hf.save_pretrained(model, meta, tmp_path / "a", "qwen3")
     other = GPT(GPTConfig(vocab_size=96, n_layer=2, n_embd=32, **RECIPE))
-    with pytest.raises(UserError, match="already holds a different model \\(apertus, 96 tokens\\): pick another --to"):
-        hf.save_pretrained(other, meta, tmp_path / "a", "apertus")
+    with pytest.raises(UserError, match="already holds a different model \\(qwen3, 96 tokens\\): pick another --to"):
+        hf.save_pretrained(other, meta, tmp_path / "a", "qwen3")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="already holds files that are not a model export"):
-        hf.save_pretrained(model, meta, tmp_path / "b", "apertus")
+        hf.save_pretrained(model, meta, tmp_path / "b", "qwen3")
 
 
 @pytest.mark.parametrize("change, message", [

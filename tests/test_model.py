@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import train
 from configurator import UserError, load_config
 from conftest import MODERN, REPO, TINY_GPT, TINY_GPT_4H, tiny_gpt
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model, size_gated_mlp
 
 
 def test_shapes_and_parameter_count():
@@ -129,6 +130,19 @@ def test_recipe_arch_sets_the_options_gpt2_arch_does():
     assert all(getattr(model.cfg, k) == v for k, v in RECIPE_ARCH.items()) and "wpe.weight" not in model.state_dict()
 
 
+def test_a_swiglu_mlp_left_to_mlp_ratio_holds_the_plain_mlps_weights():
+    """size_gated_mlp: 2/3 of mlp_ratio * n_embd, up to a multiple of 8; an explicit width is kept."""
+    plain = tiny_gpt(**{**RECIPE_ARCH, "activation": "relu2", "n_embd": 48})
+    gated = GPT(GPTConfig(**size_gated_mlp({**TINY_GPT, **RECIPE_ARCH, "n_embd": 48})))
+    assert gated.blocks[0].mlp.proj.in_features == 128 and gated.blocks[0].mlp.fc.out_features == 256  # 2/3 * 192
+    assert abs(gated.num_params() - plain.num_params()) <= 3 * 48 * 8 * 2  # within the rounding of 2 layers
+    assert size_gated_mlp({**RECIPE_ARCH, "n_embd": 128})["mlp_hidden"] == 344  # 341.3 rounded up
+    assert size_gated_mlp({**RECIPE_ARCH, "n_embd": 768})["mlp_hidden"] == 2048  # Llama's rule at GPT-2's width
+    assert size_gated_mlp({**RECIPE_ARCH, "n_embd": 128, "mlp_hidden": 40})["mlp_hidden"] == 40
+    assert "mlp_hidden" not in size_gated_mlp({**RECIPE_ARCH, "activation": "relu2", "n_embd": 128})
+    assert checkpoint.model_args(train.TrainConfig(), 222)["mlp_hidden"] == 344  # what a default run stores
+
+
 def test_bad_attention_configs_are_user_errors():
     with pytest.raises(UserError, match="n_kv_head=3 must divide n_head=4"):
         tiny_gpt(n_head=4, n_kv_head=3)
@@ -179,7 +193,10 @@ def test_each_option_changes_the_model_as_named():
     assert isinstance(model.ln_f, RMSNorm) and isinstance(model.blocks[0].ln1, RMSNorm)
     assert isinstance(model.blocks[0].attn.q_norm, RMSNorm) and model.blocks[0].attn.q_norm.weight.shape == (8,)
     x = torch.tensor([-2.0, -0.5, 0.0, 1.5])
-    assert torch.equal(model.blocks[0].mlp.act(x), torch.tensor([0.0, 0.0, 0.0, 2.25]))  # ReLU squared
+    mlp = model.blocks[0].mlp  # SwiGLU: silu(gate) * up, the gate and the up projection from one matrix
+    assert mlp.gated and mlp.fc.out_features == 2 * mlp.proj.in_features and torch.equal(mlp.act(x), F.silu(x))
+    relu2 = GPT(GPTConfig(**TINY_GPT_4H, **{**MODERN, "activation": "relu2"})).blocks[0].mlp
+    assert not relu2.gated and torch.equal(relu2.act(x), torch.tensor([0.0, 0.0, 0.0, 2.25]))  # ReLU squared
     for name, p in model.named_parameters():  # every block starts as the identity, the head as uniform
         if name.endswith("proj.weight") or name == "lm_head.weight":
             assert torch.count_nonzero(p) == 0, name
