@@ -191,6 +191,17 @@ def make_norm(cfg, dim):
     return RMSNorm(dim, eps=cfg.norm_eps or None) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
 
 
+def causal_attention(q, k, v, dropout, gqa):
+    """Causal scaled dot-product attention. A CPU step that will be differentiated runs it in fp32, out of
+    autocast: the CPU flash kernel's backward is several times slower in bf16 than in fp32 (bench.py train)."""
+    if not (q.is_cpu and q.dtype == torch.bfloat16 and torch.is_grad_enabled()):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout,
+                                           enable_gqa=gqa)
+    return y.to(q.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
@@ -216,8 +227,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is None:  # a causal forward over the whole sequence
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
-                                               enable_gqa=self.n_kv_head != self.n_head)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.n_kv_head != self.n_head)
         else:  # new queries against every cache slot, unwritten and future ones masked
             k, v = cache.update(self.layer, k, v, where[0])  # (B, nkv, capacity, hs)
             if T > 1:

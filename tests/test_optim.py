@@ -124,6 +124,31 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert muon.param_groups[0]["lr"] == pytest.approx(2e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov):
+    """optim.Muon batches same-shape matrices (two layers here, tall, wide and square ones): the parameters
+    and momentum buffers after a few steps equal torch.optim.Muon's, and their state dicts load into each other."""
+    models = [GPT(GPTConfig(**TINY_GPT_4H, **MODERN)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    hidden = [[p for p in m.parameters() if p.dim() == 2][1:-1] for m in models]  # not the embedding or head
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    ours, theirs = optim.Muon(hidden[0], **kw), torch.optim.Muon(hidden[1], **kw)
+    assert len({p.shape for p in hidden[0]}) < len(hidden[0])  # some shapes repeat: batched
+    before = [p.clone() for p in hidden[0]]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(*hidden):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        ours.step()
+        theirs.step()
+    for a, b in zip(*hidden):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ours.state[a]["momentum_buffer"], theirs.state[b]["momentum_buffer"])
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(hidden[0], before))  # every matrix moved
+    theirs.load_state_dict(ours.state_dict())  # a checkpoint of either loads into the other
+
+
 def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
                  "--muon_momentum=0.95", "--beta1=0.9")
