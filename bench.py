@@ -6,6 +6,7 @@ Throughput on this machine: training, tokenizers and generation.
     python bench.py tokenize           # python prepare.py bench: tokenizer MB/s, streaming peak memory
     python bench.py generate           # decode tokens/s of engine.py's settings against the memory-bandwidth limit
     python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
+    python bench.py profile            # where the default training step's time goes: its phases, the top ops
     python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
     python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
     python bench.py sft                # instruction fine-tuning demo: exact match on held-out synthetic tasks
@@ -28,7 +29,8 @@ dataset with one wall-clock budget, evaluating every EVAL_EVERY steps (the best 
 runs on a small corpus overfit), and tabulates steps,
 tokens seen, tokens/s and the best checkpoint's loss on the whole val split (train.py's final
 evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
-our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, and the defaults.
+our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, the defaults, and
+the defaults with the ReLU² MLP they had before SwiGLU (relu2; not in the default list).
 """
 import contextlib
 import json
@@ -47,12 +49,13 @@ from common import autocast, resolve_compile, resolve_device, resolve_dtype, syn
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
-from optim import OptimConfig, make_optimizers, train_step
+from optim import OptimConfig, make_optimizers, objective, train_step
 
-WHAT = ("train", "tokenize", "generate", "budget", "sft")
+WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget and sft take minutes per recipe
 REPO = os.path.dirname(os.path.abspath(__file__))
 
+PROFILE_STEPS = 40  # profile: timed steps
 EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays for out of its budget
 # GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
 GPT2_RECIPE = [f"--{k}={v}" for k, v in GPT2_ARCH.items()] + ["--optimizer=adamw", "--schedule=cosine", "--beta2=0.99",
@@ -228,6 +231,51 @@ def bench_train(bc):
         print(f"{r['model']:<12} {r['setting']:<26} {r['tokens']:>11,} {r['tok_s']:>9,.0f} {r['ms_step']:>9.1f} "
               f"{r['ms_median']:>9.1f} {r['tflops']:>8.3f} {r['mfu'] * 100:>5.1f}% {r['vs_plain']:>8.2f}x")
     return rows
+
+
+def bench_profile(bc):
+    """The quickstart's default training step (train.py's dtype, eager) in its phases, the median of
+    PROFILE_STEPS timed steps each, then torch.profiler's top operators over a few more steps."""
+    from torch.profiler import ProfilerActivity, profile
+    device = resolve_device(bc.device)
+    dtype = resolve_dtype("auto", device)
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    name, arch, ocfg, B, T = shapes(device)[0]
+    torch.manual_seed(0)
+    model = GPT(arch).to(device)
+    optimizers = make_optimizers(ocfg, model, device)
+    x, y = (torch.randint(arch.vocab_size, (B, T), device=device) for _ in range(2))
+
+    def step():
+        times = [time.perf_counter()]
+        with autocast(device, dtype):
+            loss = objective(model, x, y, ocfg)
+        times.append(time.perf_counter())  # the forward...
+        loss.backward()
+        for work in (lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip), *optimizers):
+            sync(device)
+            times.append(time.perf_counter())
+            work() if callable(work) else work.step()
+        sync(device)
+        times.append(time.perf_counter())
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return [b - a for a, b in zip(times, times[1:])]
+    for _ in range(3):
+        step()
+    rows = [step() for _ in range(PROFILE_STEPS)]
+    phases = ["forward", "backward", "clip"] + [type(o).__name__ for o in optimizers]
+    total = statistics.median(sum(r) for r in rows)
+    print(f"\nthe default training step: {name} ({B} x {T} tokens), {dtype}, eager, {torch.get_num_threads()} "
+          f"threads: {total * 1e3:.1f} ms ({B * T / total:,.0f} tok/s), median of {PROFILE_STEPS} steps")
+    for i, phase in enumerate(phases):
+        ms = statistics.median(r[i] for r in rows) * 1e3
+        print(f"  {phase:<10} {ms:7.2f} ms {ms / total / 10:5.1f}%")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])) as prof:
+        for _ in range(5):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 def bench_tokenize(bc):

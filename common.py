@@ -66,8 +66,9 @@ def resolve_dtype(name, device):
 
 
 def resolve_compile(flag, device):
-    """compile=None (auto) compiles on CUDA only: on a CPU it measured slower than eager for our models
-    (`make bench`), and compiling costs a minute before the first step."""
+    """compile=None (auto) compiles on CUDA only: on a CPU compiling takes most of a minute before the first
+    step (every run: evaluation and training each compile), more than it saves in a run of a few minutes
+    (README, "The training step on a CPU")."""
     return device.startswith("cuda") if flag is None else flag
 
 

@@ -32,6 +32,19 @@ def test_bench_times_every_setting_on_one_model():
         bench.main(["speed"])
 
 
+def test_profile_splits_the_default_step_into_its_phases(monkeypatch, capsys):
+    cfg = bench.recipe_config(vocab_size=32, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    monkeypatch.setattr(bench, "shapes", lambda device: [("tiny", cfg, optim.OptimConfig(), 2, 16)])
+    monkeypatch.setattr(bench, "PROFILE_STEPS", 3)
+    bench.main(["profile", "--device=cpu"])
+    out = capsys.readouterr().out
+    assert "the default training step: tiny (2 x 16 tokens)" in out and "median of 3 steps" in out
+    shares = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()
+              if line.split()[:1] and line.split()[0] in ("forward", "backward", "clip", "Muon", "AdamW")]
+    assert len(shares) == 5 and all(x >= 0 for x in shares) and 50 < sum(shares) < 150  # medians of parts
+    assert "aten::mm" in out  # the profiler's operator table
+
+
 def test_generation_benchmark_rows_measure_against_the_bandwidth_limit():
     """bench.py generate times whole generations; each row's limit is the bandwidth over the bytes one step reads."""
     import bench

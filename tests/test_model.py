@@ -143,6 +143,24 @@ def test_a_swiglu_mlp_left_to_mlp_ratio_holds_the_plain_mlps_weights():
     assert checkpoint.model_args(train.TrainConfig(), 222)["mlp_hidden"] == 344  # what a default run stores
 
 
+def test_causal_attention_in_bf16_training_matches_fp32():
+    """model.causal_attention: a bf16 CPU step that is differentiated runs the kernel in fp32 (its bf16
+    backward is slow) and hands back bf16; outputs and gradients match the fp32 kernel's."""
+    from model import causal_attention
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=gen) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    low = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = causal_attention(*low, 0.0, False)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.02)
+    got.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in low)
+    with torch.no_grad():  # generation: the bf16 kernel itself
+        assert causal_attention(*low, 0.0, False).dtype == torch.bfloat16
+
+
 def test_bad_attention_configs_are_user_errors():
     with pytest.raises(UserError, match="n_kv_head=3 must divide n_head=4"):
         tiny_gpt(n_head=4, n_kv_head=3)
