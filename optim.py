@@ -25,7 +25,8 @@ from configurator import UserError
 SCHEDULES = ("wsd", "cosine", "onecycle", "invsqrt", "step", "constant")
 DECAY_SHAPES = ("linear", "sqrt")
 OPTIMIZERS = ("muon", "adamw", "sgd")
-NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")  # 2-D weights that are lookups or the output layer, not hidden matrices
+NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")
+NORMUON_BETA2 = 0.9  # Muon with normuon: the EMA of each neuron's mean squared update  # 2-D weights that are lookups or the output layer, not hidden matrices
 
 
 @dataclass
@@ -38,6 +39,7 @@ class OptimConfig:
     lr: float = 4e-3  # the peak learning rate (AdamW's or SGD's)
     muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
     muon_momentum: float = 0.95  # muon: Nesterov momentum
+    normuon: bool = True  # muon: NorMuon: each output neuron's share of the update normalized by its running RMS
     weight_decay: float = 0.1  # decoupled, on the weight matrices only (not embeddings' biases, norms)
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
@@ -157,7 +159,11 @@ class Muon(torch.optim.Muon):
     """torch.optim.Muon, its step done for all matrices of one shape at once: the momentum with foreach
     ops, and Newton-Schulz as batched matrix products (a transformer's layers share their shapes), which
     is where a small model's step spends its time otherwise, in per-matrix calls. The same update, state
-    (momentum_buffer) and hyperparameters as PyTorch's (a test holds them equal), so checkpoints carry over."""
+    (momentum_buffer) and hyperparameters as PyTorch's (a test holds them equal), so checkpoints carry over.
+
+    A group with normuon=True (make_optimizers sets it from the config) also takes NorMuon's step: the
+    orthogonalized update's rows (the columns of a wide matrix) are scaled by the inverse of their running
+    RMS (neuron_sq, an EMA with NORMUON_BETA2), then the whole update back to its norm."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -175,9 +181,21 @@ class Muon(torch.optim.Muon):
                 ortho = newton_schulz(torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"],
                                       group["eps"])
                 ps = [p for p, _ in pairs]
+                if group.get("normuon"):
+                    ortho = self.normalize_neurons(ps, ortho.float())
                 torch._foreach_mul_(ps, 1 - lr * wd)
                 torch._foreach_add_(ps, list(ortho.to(ps[0].dtype).unbind(0)),
                                     alpha=-torch.optim._muon._adjust_lr(lr, group["adjust_lr_fn"], shape))
+
+
+    def normalize_neurons(self, params, g):
+        """NorMuon's per-neuron normalization of a stack of updates g (N, A, B), its norm kept."""
+        dim = -1 if g.size(1) >= g.size(2) else -2  # a neuron: a row of a tall matrix, a column of a wide one
+        sq = g.square().mean(dim=dim, keepdim=True)  # (N, A, 1) or (N, 1, B)
+        state = [self.state[p].setdefault("neuron_sq", torch.zeros_like(s)) for p, s in zip(params, sq)]
+        torch._foreach_lerp_(state, list(sq.unbind(0)), 1 - NORMUON_BETA2)
+        scaled = g * torch.stack(state).clamp(min=1e-10).rsqrt()
+        return scaled * (g.norm(dim=(1, 2), keepdim=True) / scaled.norm(dim=(1, 2), keepdim=True).clamp(min=1e-10))
 
 
 def newton_schulz(g, coefficients, steps, eps):
@@ -220,7 +238,7 @@ def make_optimizers(cfg, model, device):
                         f"use --optimizer=adamw")
     muon = Muon(hidden, lr=cfg.lr * cfg.muon_lr_scale, weight_decay=cfg.weight_decay,
                             momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
-    muon.param_groups[0].update(lr_scale=cfg.muon_lr_scale, top_momentum=cfg.muon_momentum)
+    muon.param_groups[0].update(lr_scale=cfg.muon_lr_scale, top_momentum=cfg.muon_momentum, normuon=cfg.normuon)
     return [muon, adamw]
 
 

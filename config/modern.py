@@ -14,6 +14,7 @@ optimizer = "muon"
 lr = 4e-3
 muon_lr_scale = 1.0
 muon_momentum = 0.95
+normuon = True
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99

@@ -149,6 +149,28 @@ def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov):
     theirs.load_state_dict(ours.state_dict())  # a checkpoint of either loads into the other
 
 
+def test_normuon_evens_out_the_neurons_and_keeps_the_updates_norm():
+    """With normuon, Muon's first update of a tall matrix has every row (neuron) at one norm, and the
+    whole update the norm of the plain Muon update; the running square is kept per matrix in its state."""
+    deltas = {}
+    for normuon in (False, True):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(48, 16))
+        before = p.detach().clone()
+        muon = optim.Muon([p], lr=0.02, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+        muon.param_groups[0]["normuon"] = normuon
+        p.grad = torch.randn(48, 16, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3, 48)[:, None]
+        muon.step()
+        deltas[normuon] = p.detach() - before
+        assert ("neuron_sq" in muon.state[p]) == normuon
+    rows = deltas[True].norm(dim=1)
+    assert rows.std() / rows.mean() < 1e-3 < deltas[False].norm(dim=1).std() / deltas[False].norm(dim=1).mean()
+    torch.testing.assert_close(deltas[True].norm(), deltas[False].norm(), rtol=1e-4, atol=0)
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))  # the recipe turns it on; a config can turn it off
+    assert optim.make_optimizers(cfg_of(), model, "cpu")[0].param_groups[0]["normuon"]
+    assert not optim.make_optimizers(cfg_of("--normuon=False"), model, "cpu")[0].param_groups[0]["normuon"]
+
+
 def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     cfg = cfg_of("--optimizer=muon", "--schedule=onecycle", "--cycle_rise=0.4", "--momentum_min=0.8",
                  "--muon_momentum=0.95", "--beta1=0.9")
