@@ -193,7 +193,7 @@ def make_norm(cfg, dim):
 
 def causal_attention(q, k, v, dropout, gqa):
     """Causal scaled dot-product attention. A CPU step that will be differentiated runs it in fp32, out of
-    autocast: the CPU flash kernel's backward is several times slower in bf16 than in fp32 (bench.py train)."""
+    autocast: the CPU flash kernel's backward is several times slower in bf16 than in fp32 (bench.py profile)."""
     if not (q.is_cpu and q.dtype == torch.bfloat16 and torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
     with torch.autocast("cpu", enabled=False):

@@ -7,8 +7,8 @@ its LR range test and bench.py all take.
     set_schedule(optimizers, get_lr(it, progress, cfg), progress, cfg)
     loss = train_step(model, batches, 1, optimizers, scaler, cfg, device, dtype)
 
-muon (the default) is torch.optim.Muon for the hidden weight matrices and AdamW for the rest; adamw and
-sgd are one optimizer each. Every schedule is a pure function of the step and of progress, the fraction
+muon (the default) is Muon below (torch.optim.Muon's update stepped in batches, with NorMuon) for the
+hidden weight matrices and AdamW for the rest; adamw and sgd are one optimizer each. Every schedule is a pure function of the step and of progress, the fraction
 of the run done by steps or by the time budget, whichever is further: the shape completes when the run
 ends, however it ends.
 """
@@ -25,8 +25,8 @@ from configurator import UserError
 SCHEDULES = ("wsd", "cosine", "onecycle", "invsqrt", "step", "constant")
 DECAY_SHAPES = ("linear", "sqrt")
 OPTIMIZERS = ("muon", "adamw", "sgd")
-NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")
-NORMUON_BETA2 = 0.9  # Muon with normuon: the EMA of each neuron's mean squared update  # 2-D weights that are lookups or the output layer, not hidden matrices
+NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")  # 2-D weights that are lookups or the output layer, not hidden matrices
+NORMUON_BETA2 = 0.9  # Muon with normuon: the EMA of each neuron's mean squared update
 
 
 @dataclass
@@ -167,6 +167,10 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
@@ -186,7 +190,7 @@ class Muon(torch.optim.Muon):
                 torch._foreach_mul_(ps, 1 - lr * wd)
                 torch._foreach_add_(ps, list(ortho.to(ps[0].dtype).unbind(0)),
                                     alpha=-torch.optim._muon._adjust_lr(lr, group["adjust_lr_fn"], shape))
-
+        return loss
 
     def normalize_neurons(self, params, g):
         """NorMuon's per-neuron normalization of a stack of updates g (N, A, B), its norm kept."""
@@ -236,8 +240,8 @@ def make_optimizers(cfg, model, device):
     if not hidden:
         raise UserError(f"optimizer=muon needs 2-D hidden weight matrices, and this {type(model).__name__} has none: "
                         f"use --optimizer=adamw")
-    muon = Muon(hidden, lr=cfg.lr * cfg.muon_lr_scale, weight_decay=cfg.weight_decay,
-                            momentum=cfg.muon_momentum, adjust_lr_fn="match_rms_adamw")
+    muon = Muon(hidden, lr=cfg.lr * cfg.muon_lr_scale, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                adjust_lr_fn="match_rms_adamw")
     muon.param_groups[0].update(lr_scale=cfg.muon_lr_scale, top_momentum=cfg.muon_momentum, normuon=cfg.normuon)
     return [muon, adamw]
 
