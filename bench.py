@@ -531,6 +531,8 @@ def main(argv):
     if what not in WHAT + ("all",):
         raise UserError(f"unknown benchmark '{what}': use {', '.join(WHAT)} or all")
     bc = load_config(BenchConfig(), argv[1:] if argv and argv[0] == what else argv)
+    if bc.threads < 0 or bc.steps < 1:
+        raise UserError(f"threads must be >= 0 (0: PyTorch's default) and steps >= 1, got {bc.threads} and {bc.steps}")
     for name in ALL if what == "all" else (what,):
         t = time.time()
         globals()[f"bench_{name}"](bc)

@@ -30,6 +30,8 @@ def test_bench_times_every_setting_on_one_model():
         assert r["mfu"] == pytest.approx(fpt * r["tok_s"] / peak)  # against the peak of its own dtype
     with pytest.raises(UserError, match="unknown benchmark 'speed'"):
         bench.main(["speed"])
+    with pytest.raises(UserError, match="threads must be >= 0 .* got -1 and 3"):
+        bench.main(["profile", "--threads=-1"])
 
 
 def test_profile_splits_the_default_step_into_its_phases(monkeypatch, capsys):
