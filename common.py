@@ -10,6 +10,7 @@ dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that mult
 CUDA processes talk over NCCL, CPU ones over gloo.
 """
 import contextlib
+import importlib
 import os
 import signal
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def setup(device="auto", dtype="auto"):
         # DDP imports it (through torch._dynamo); imported after init_process_group it would pin the default
         # group for good, so destroy_process_group could not stop gloo's threads, and one of them freeing a
         # tensor of the last collective as the interpreter exits aborts the process
-        import torch.distributed.nn  # noqa: F401
+        importlib.import_module("torch.distributed.nn")  # (a plain import here would make `torch` local)
         torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):  # fp32 matmuls (outside autocast) on tensor cores: TF32's 10-bit mantissa
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
