@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import checkpoint
+import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
 from common import Env, StopFlag, fmt_time, gather_states, print0, resolve_compile, setup, teardown
 from configurator import UserError, cli, load_config
@@ -71,6 +72,7 @@ class TrainConfig(OptimConfig):
     pos_emb: str = RECIPE_ARCH["pos_emb"]  # gpt: learned (GPT-2) | sinusoidal | rope
     n_kv_head: int = 0  # gpt: key/value heads; 0 = n_head, 1 = multi-query, else grouped-query
     mlp_ratio: float = 4.0  # gpt: MLP width / n_embd
+    auto_size: bool = False  # gpt: n_layer/n_embd/n_head chosen for time_budget on this machine (sizing.py)
     n_hidden: int = 512  # lstm/gru: units per layer
     tie_weights: bool = RECIPE_ARCH["tie_weights"]  # the output layer shares the embedding (lstm/gru: via a projection)
     norm: str = RECIPE_ARCH["norm"]  # gpt: layernorm (GPT-2) | rmsnorm
@@ -258,10 +260,14 @@ def announce(cfg, s):
 
 def train(cfg):
     """Run training as configured; returns the results dict (rank 0) or None (other ranks)."""
+    sizing.check(cfg)
     env = setup(cfg.device, cfg.dtype)
     micro = micro_steps(cfg, env)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
+    probe_s = 0.0
+    if cfg.auto_size and ckpt is None:  # the shape for the budget; the probe's seconds count in it
+        cfg, probe_s = sizing.choose(cfg, env, meta["vocab_size"], train_data)
     exact = None  # (the template, the held-out conversations) of eval_file, read before anything is written
     if cfg.eval_file:
         exact = Template(Tokenizer.from_meta(meta)), read_examples(cfg.eval_file)
@@ -269,6 +275,7 @@ def train(cfg):
         write_config(cfg, env)
     s = build(cfg, env, micro, meta, train_data, val_data, ckpt)
     s.exact = exact
+    s.elapsed_before += probe_s
     announce(cfg, s)
     # under DDP rank 0's clock and signals decide for all, through gloo on the CPU (no GPU sync per step)
     control = torch.distributed.new_group(backend="gloo") if env.world > 1 and env.device.startswith("cuda") else None

@@ -1,0 +1,111 @@
+"""sizing.py: the ladder of sizes and the shape keys a user gives, the choice the rule makes from the probe's
+rates (with a fake probe: any rates, any budget, any corpus size), an auto-sized run end to end (and its
+resume), and the one-line errors."""
+import functools
+import json
+import math
+import re
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sizing
+import train
+from checkpoint import model_args
+from common import Env
+from conftest import FEW, cfg_of, cli_error, events
+
+CPU = Env(rank=0, world=1, device="cpu", dtype="float32")
+
+
+def test_the_ladder_keeps_the_shape_keys_given():
+    assert sizing.ladder(cfg_of("--auto_size=True", "--time_budget=5"))[:4] == [(1, 32, 1), (2, 64, 2), (3, 96, 3),
+                                                                              (4, 128, 4)]
+    assert (4, 128, 4) in sizing.ladder(cfg_of())  # the fixed default is a rung
+    wide = sizing.ladder(cfg_of("--auto_size=True", "--time_budget=5", "--n_embd=256"))
+    assert {r[1:] for r in wide} == {(256, 8)} and [r[0] for r in wide] == list(range(1, sizing.MAX_LAYERS + 1))
+    deep = sizing.ladder(cfg_of("--auto_size=True", "--time_budget=5", "--n_layer=3", "--n_head=2"))
+    assert {r[0] for r in deep} == {3} and all(r[2] == 2 and r[1] % 2 == 0 for r in deep)
+    assert [r[1] for r in deep][:3] == [32, 64, 96]
+
+
+@functools.cache
+def params_of(rung):
+    """The block params of a rung (n_layer, n_embd, n_head) at vocab 100."""
+    return sizing.block_params(model_args(cfg_of(*(f"--{k}={v}" for k, v in zip(sizing.SHAPE_KEYS, rung))), 100))
+
+
+def fake_choice(monkeypatch, budget, unique, speed):
+    """sizing.choose on a fake probe whose tokens/s fall as 1 / params^0.8 (bigger matrices run a little more
+    efficiently); returns (the chosen n_layer, {n_layer: (tokens the budget buys, block params)})."""
+    cfg = cfg_of("--auto_size=True", f"--time_budget={budget}")
+    rates = {}
+
+    def probe(cfg_, env, args, data):
+        rates[args["n_layer"]] = speed / sizing.block_params(args) ** 0.8
+        return rates[args["n_layer"]]
+    monkeypatch.setattr(sizing, "probe", probe)
+    monkeypatch.setattr(sizing, "time", types.SimpleNamespace(time=lambda: 1000.0))  # no time passes: exact ratios
+    chosen, spent = sizing.choose(cfg, CPU, 100, np.zeros(unique, dtype=np.uint16))
+    assert spent == 0 and (chosen.n_embd, chosen.n_head) == (32 * chosen.n_layer, chosen.n_layer)
+    every = {r[0]: (speed / params_of(r) ** 0.8 * budget * 60, params_of(r)) for r in sizing.ladder(cfg)}
+    return chosen.n_layer, every, rates
+
+
+@FEW
+@given(budget=st.floats(1, 300), unique=st.integers(10_000, 10**9), speed=st.floats(1e6, 1e9))
+def test_the_choice_is_the_rung_nearest_the_ratio_that_does_not_repeat_the_data_too_often(budget, unique, speed):
+    with pytest.MonkeyPatch.context() as m:
+        chosen, every, probed = fake_choice(m, budget, unique, speed)
+    ratio = lambda d: every[d][0] / every[d][1]
+    allowed = [d for d in every if every[d][0] <= sizing.MAX_EPOCHS * unique] or [max(every)]
+    best = min(allowed, key=lambda d: abs(math.log(ratio(d) / sizing.TOKENS_PER_PARAM)))
+    assert chosen == best
+    assert len(probed) <= abs(chosen - 4) + 2  # the probe climbs (or descends) from 4 x 128 as far as it must
+
+
+def test_a_bigger_budget_buys_a_bigger_model_and_a_small_corpus_a_bigger_one_still(monkeypatch):
+    sizes = [fake_choice(monkeypatch, b, 10**9, 3e8)[0] for b in (2, 10, 30, 120)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    few = fake_choice(monkeypatch, 30, 200_000, 3e8)  # 30 minutes of a 200k-token corpus: at most 4 passes
+    assert few[0] > sizes[2] and few[1][few[0]][0] <= sizing.MAX_EPOCHS * 200_000
+
+
+@pytest.mark.slow
+def test_an_auto_sized_run_trains_the_chosen_shape_counts_the_probe_and_resumes_it(corpus, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(sizing, "PROBE_SECONDS", 0.05)
+    out = tmp_path / "auto"
+    argv = [f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", "--auto_size=True",
+            "--time_budget=1", "--max_iters=4", "--block_size=32", "--batch_size=4", "--eval_iters=1",
+            "--eval_interval=2", "--log_interval=2", "--final_eval_tokens=500"]
+    results = train.train(cfg_of(*argv))
+    log = capsys.readouterr().out
+    chose = next(line for line in log.splitlines() if line.startswith("auto_size: chose"))
+    depth, width = (int(v) for v in re.match(r"auto_size: chose (\d+) x (\d+),", chose).groups())
+    stored = json.loads((out / "config.json").read_text())
+    stored = stored.get("config", stored)
+    assert (stored["n_layer"], stored["n_embd"], stored["n_head"]) == (depth, width, width // sizing.HEAD_DIM)
+    assert results["iters"] == 4 and f"{depth} x {width}" in log
+    probe_s = float(chose.split("(probe ")[1].split(" s")[0])
+    assert events(out, "train")[0]["elapsed_s"] >= probe_s  # the probe's seconds are the run's
+    resumed = train.train(cfg_of(*argv[:-4], "--init_from=resume", "--max_iters=6", "--eval_interval=2",
+                                 "--final_eval_tokens=500"))
+    assert resumed["iters"] == 6 and "auto_size:" not in capsys.readouterr().out  # the stored shape, no new probe
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--auto_size=True", "--time_budget=5", "--n_layer=6", "--n_embd=192"], "both are given"),
+    (["--auto_size=True", "--time_budget=0.5"], "too short to probe"),
+    (["--auto_size=True"], "set --time_budget"),
+    (["--auto_size=True", "--time_budget=5", "--model=lstm"], "sizes GPTs"),
+    (["--auto_size=True", "--time_budget=5", "--init_from=out/somewhere"], "brings its shape"),
+    (["--auto_size=True", "--time_budget=5", "--n_embd=100"], "no size that fits"),
+])
+def test_auto_size_errors_are_one_line(argv, says, tmp_path, capsys, monkeypatch):
+    err = cli_error(train.main, [f"--out_dir={tmp_path / 'run'}", *argv], capsys, monkeypatch)
+    assert says in err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
