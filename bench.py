@@ -30,7 +30,9 @@ runs on a small corpus overfit), and tabulates steps,
 tokens seen, tokens/s and the best checkpoint's loss on the whole val split (train.py's final
 evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, the defaults, and
-the defaults with the ReLU² MLP they had before SwiGLU (relu2; not in the default list).
+the defaults with the ReLU² MLP they had before SwiGLU (relu2), and the defaults with the model sized to the
+budget (auto: train.py --auto_size=True); relu2 and auto are not in the default list. The README's
+tables are at 2, 10 and 30 minutes.
 """
 import contextlib
 import json
@@ -60,7 +62,7 @@ EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays f
 # GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
 GPT2_RECIPE = [f"--{k}={v}" for k, v in GPT2_ARCH.items()] + ["--optimizer=adamw", "--schedule=cosine", "--beta2=0.99",
                                                                "--weight_decay=0.1", "--grad_clip=1.0"]
-# train.py flags on top of TrainConfig's defaults; every recipe trains the same 4 x 128 model
+# train.py flags on top of TrainConfig's defaults; every recipe but auto trains the same 4 x 128 model
 RECIPES = {
     # nanoGPT's README CPU recipe (shakespeare_char on a laptop): batch 12 x 64, lr 1e-3 -> 1e-4, 100 warmup steps
     "nanogpt": GPT2_RECIPE + ["--batch_size=12", "--block_size=64", "--lr=1e-3", "--min_lr=1e-4",
@@ -71,6 +73,8 @@ RECIPES = {
     "default": [],  # TrainConfig as it is
     # the defaults with the plain ReLU² MLP they had before SwiGLU (as many weights: 2 matrices of 512, not 3 of 344)
     "relu2": ["--activation=relu2"],
+    # the defaults with the model sized to the budget on this machine (sizing.py), not fixed at 4 x 128
+    "auto": ["--auto_size=True"],
 }
 
 
@@ -467,11 +471,11 @@ def bench_budget(bc):
                 runs[name].append(json.load(f))
             res = runs[name][-1]
             print(f"  {name} run {r}: {res['iters']} steps, val loss {res['val_loss']:.4f}", file=sys.stderr, flush=True)
-    lines = ["| recipe | steps | tokens seen | tokens/s | val loss (min) | val loss (median) | val bits/byte |",
-             "|:---|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| recipe | params | steps | tokens seen | tokens/s | val loss (min) | val loss (median) | val bits/byte |",
+             "|:---|--:|--:|--:|--:|--:|--:|--:|"]
     for name, results in runs.items():
         best = min(results, key=lambda res: res["val_loss"])
-        lines.append(f"| {name} | {best['iters']:,} | {best['tokens_seen']:,} | "
+        lines.append(f"| {name} | {best['params'] / 1e6:.2f}M | {best['iters']:,} | {best['tokens_seen']:,} | "
                      f"{best['tokens_seen'] / best['wall_time_s']:,.0f} | {best['val_loss']:.4f} | "
                      f"{statistics.median(res['val_loss'] for res in results):.4f} | {best['val_bpb']:.4f} |")
     table = "\n".join(lines)

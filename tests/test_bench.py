@@ -72,11 +72,11 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
                                                 "--parallel=True"])
     runs = bench.bench_budget(bc)
     out = capsys.readouterr().out
-    assert "side by side (1 CPU thread(s) each)" in out and "| recipe | steps | tokens seen | tokens/s | val loss (min)" in out
+    assert "side by side (1 CPU thread(s) each)" in out and "| recipe | params | steps | tokens seen | tokens/s | val loss (min)" in out
     for name in ("nanogpt", "default"):
         (res,) = runs[name]
         assert res["iters"] > 0 and 2.0 <= res["wall_time_s"] < 30 and res["val_tokens_scored"] > 0
-        assert f"| {name} | {res['iters']:,} | {res['tokens_seen']:,} |" in out
+        assert f"| {name} | {res['params'] / 1e6:.2f}M | {res['iters']:,} | {res['tokens_seen']:,} |" in out
     assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
     with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
         bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))
