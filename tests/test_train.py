@@ -304,3 +304,17 @@ def test_resume_takes_the_runs_own_config_and_announces_a_new_horizon(corpus, tm
     with pytest.raises(UserError, match=r"resume keeps the model and optimizer .*\(n_layer=2\), not n_layer=3"):
         checkpoint.start(load_config(train.TrainConfig(), [f"--out_dir={out}", "--init_from=resume", "--n_layer=3",
                                                            f"--data_dir={corpus / 'data'}"]))
+
+
+def test_setup_of_one_cuda_process_turns_on_tf32(monkeypatch):
+    """A single CUDA process (no torchrun) gets its Env and TF32 matmuls (a function-local import once made
+    `torch` unbound there: every plain CUDA run failed). Run on a CPU with the device name faked."""
+    monkeypatch.setattr(common, "resolve_device", lambda name: "cuda")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert common.setup("cuda", "float32") == common.Env(0, 1, "cuda", "float32")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
