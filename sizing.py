@@ -23,7 +23,7 @@ import time
 import torch
 
 from checkpoint import model_args
-from common import autocast, print0, sync
+from common import print0, sync
 from configurator import UserError, given_keys
 from dataloader import Batches
 from model import build_model
@@ -61,8 +61,8 @@ def check(cfg):
                         f"give only one of them (the other is then chosen)")
     if not ladder(cfg):
         raise UserError(f"auto_size has no size that fits the given {', '.join(f'{k}={getattr(cfg, k)}' for k in pinned)}"
-                        f" (widths are multiples of n_head; n_embd must be a multiple of {HEAD_DIM} when n_head "
-                        f"is left to it): change them, or drop --auto_size")
+                        f" (each width must split into n_head equal heads; n_head left to it is n_embd // {HEAD_DIM}): "
+                        f"change them, or drop --auto_size")
 
 
 def ladder(cfg):
