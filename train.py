@@ -4,6 +4,7 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
     python train.py config/quickstart.py              # the quickstart: char-level GPT on pycode, CPU-friendly
     python train.py config/char_enwik8.py --lr=0.1    # an override file, then --key=value flags
     python train.py --dataset=mybook --time_budget=5  # any prepared dataset (out_dir: out/mybook)
+    python train.py --time_budget=30 --auto_size=True # depth and width chosen for the budget (sizing.py)
     python train.py --out_dir=out/mybook --init_from=resume       # continue a run exactly where it stopped
     python train.py config/char_enwik8.py --lr_find=True          # LR range test: out_dir/lr_find.png
     python train.py --dataset=mine --init_from=out/quickstart     # fine-tune a run on new data, same tokenizer
