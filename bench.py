@@ -9,6 +9,7 @@ Throughput on this machine: training, tokenizers and generation.
     python bench.py profile            # where the default training step's time goes: its phases, the top ops
     python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
     python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
+    python bench.py budget --budget=30 --recipes=default,auto --parallel=True   # fixed 4 x 128 vs sized to 30 minutes
     python bench.py sft                # instruction fine-tuning demo: exact match on held-out synthetic tasks
 
 The training benchmark times full optimizer steps (forward, backward, clipping, fused AdamW) of two
@@ -32,7 +33,7 @@ evaluation: the same evaluator for every recipe). The recipes are RECIPES below:
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, the defaults, and
 the defaults with the ReLU² MLP they had before SwiGLU (relu2), and the defaults with the model sized to the
 budget (auto: train.py --auto_size=True); relu2 and auto are not in the default list. The README's
-tables are at 2, 10 and 30 minutes.
+tables run from 2 to 30 minutes.
 """
 import contextlib
 import json
