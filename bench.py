@@ -52,7 +52,7 @@ from common import autocast, resolve_compile, resolve_device, resolve_dtype, syn
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
-from optim import OptimConfig, make_optimizers, objective, train_step
+from optim import OptimConfig, make_optimizers, make_scaler, objective, train_step
 
 WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget and sft take minutes per recipe
@@ -163,7 +163,7 @@ def bench_model(name, arch, ocfg, B, T, device, settings, rounds, peaks):
     steps = {}
     for label, dtype, compiled, engine in settings:
         model = torch.compile(raw) if compiled else raw
-        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
+        scaler = make_scaler(device, dtype)
         optimizer = fused if engine else plain
 
         def step(model=model, dtype=dtype, scaler=scaler, optimizer=optimizer):  # train.py's step

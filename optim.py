@@ -216,6 +216,11 @@ def newton_schulz(g, coefficients, steps, eps):
     return x.mT if tall else x
 
 
+def make_scaler(device, dtype):
+    """The loss scaler: a GradScaler that works under float16 only (a pass-through otherwise)."""
+    return torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
+
+
 def make_optimizers(cfg, model, device):
     """The optimizers of a run, as a list (a checkpoint holds each one's state).
 

@@ -27,7 +27,7 @@ from common import print0, sync
 from configurator import UserError, given_keys
 from dataloader import Batches
 from model import build_model
-from optim import make_optimizers, set_schedule, train_step
+from optim import make_optimizers, make_scaler, set_schedule, train_step
 
 ASPECT = 32  # n_embd per layer along the ladder (4 x 128 is a rung)
 HEAD_DIM = 32  # attention head width where n_head is not given
@@ -91,7 +91,7 @@ def probe(cfg, env, args, data):
     model = build_model("gpt", args).to(env.device)
     optimizers = make_optimizers(cfg, model, env.device)
     set_schedule(optimizers, cfg.lr, 0.5, cfg)
-    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
+    scaler = make_scaler(env.device, env.dtype)
     batches = Batches(data, cfg.block_size, cfg.batch_size, cfg.seed, cfg.grad_accum)
     steps, t0 = 0, None
     while True:

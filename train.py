@@ -48,7 +48,7 @@ from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_
                      write_results)
 from model import RECIPE_ARCH, ROPE_BASE, build_model
 from tokenizer import Tokenizer
-from optim import OptimConfig, get_lr, make_optimizers, progress_of, set_schedule, train_step
+from optim import OptimConfig, get_lr, make_optimizers, make_scaler, progress_of, set_schedule, train_step
 
 EVAL_SEED_OFFSET = 10_000  # the fixed eval windows come from seed + this, never from the training stream
 LR_FIND_DIVERGED = 4.0  # the LR range test stops once the smoothed loss exceeds this multiple of its minimum
@@ -181,7 +181,7 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     raw = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(env.device)
     torch.manual_seed(cfg.seed + env.rank)  # but each process its own dropout masks
     optimizers = make_optimizers(cfg, raw, env.device)
-    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
+    scaler = make_scaler(env.device, env.dtype)
     batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
     model = torch.compile(raw) if resolve_compile(cfg.compile, env.device) else raw
     wrapped = model
@@ -430,7 +430,7 @@ def lr_find(cfg):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, model_args(cfg, meta["vocab_size"])).to(env.device)
     optimizers = make_optimizers(cfg, model, env.device)
-    scaler = torch.amp.GradScaler(env.device.split(":")[0], enabled=(env.dtype == "float16"))
+    scaler = make_scaler(env.device, env.dtype)
     constant = dataclasses.replace(cfg, schedule="constant")
     growth = (cfg.lr_find_max / cfg.lr_find_min) ** (1 / (cfg.lr_find_iters - 1))
     lrs, losses, avg, best, diverged = [], [], 0.0, float("inf"), False
