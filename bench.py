@@ -201,8 +201,6 @@ def bench_model(name, arch, ocfg, B, T, device, settings, rounds, peaks):
 def bench_train(bc):
     device = resolve_device(bc.device)
     cuda = device.startswith("cuda")
-    if bc.threads:
-        torch.set_num_threads(bc.threads)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py does
     auto_dtype, auto_compile = resolve_dtype("auto", device), resolve_compile(None, device)
@@ -244,8 +242,6 @@ def bench_profile(bc):
     from torch.profiler import ProfilerActivity, profile
     device = resolve_device(bc.device)
     dtype = resolve_dtype("auto", device)
-    if bc.threads:
-        torch.set_num_threads(bc.threads)
     name, arch, ocfg, B, T = shapes(device)[0]
     torch.manual_seed(0)
     model = GPT(arch).to(device)
@@ -276,7 +272,7 @@ def bench_profile(bc):
           f"threads: {total * 1e3:.1f} ms ({B * T / total:,.0f} tok/s), median of {PROFILE_STEPS} steps")
     for i, phase in enumerate(phases):
         ms = statistics.median(r[i] for r in rows) * 1e3
-        print(f"  {phase:<10} {ms:7.2f} ms {ms / total / 10:5.1f}%")
+        print(f"  {phase:<10} {ms:7.2f} ms {100 * ms / (total * 1e3):5.1f}%")
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])) as prof:
         for _ in range(5):
             step()
@@ -538,6 +534,8 @@ def main(argv):
     bc = load_config(BenchConfig(), argv[1:] if argv and argv[0] == what else argv)
     if bc.threads < 0 or bc.steps < 1:
         raise UserError(f"threads must be >= 0 (0: PyTorch's default) and steps >= 1, got {bc.threads} and {bc.steps}")
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
     for name in ALL if what == "all" else (what,):
         t = time.time()
         globals()[f"bench_{name}"](bc)

@@ -8,9 +8,9 @@ its LR range test and bench.py all take.
     loss = train_step(model, batches, 1, optimizers, scaler, cfg, device, dtype)
 
 muon (the default) is Muon below (torch.optim.Muon's update stepped in batches, with NorMuon) for the
-hidden weight matrices and AdamW for the rest; adamw and sgd are one optimizer each. Every schedule is a pure function of the step and of progress, the fraction
-of the run done by steps or by the time budget, whichever is further: the shape completes when the run
-ends, however it ends.
+hidden weight matrices and AdamW for the rest; adamw and sgd are one optimizer each. Every schedule is a
+pure function of the step and of progress, the fraction of the run done by steps or by the time budget,
+whichever is further: the shape completes when the run ends, however it ends.
 """
 import contextlib
 import math

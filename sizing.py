@@ -141,8 +141,7 @@ def choose(cfg, env, vocab_size, data):
     if env.world > 1:
         box = [best]
         torch.distributed.broadcast_object_list(box, src=0)
-        best = box[0]
-        predict(best)
+        best = box[0]  # (another rank prints nothing: what it probed need not include it)
     spent = time.time() - t0
     for j in sorted(seen):
         rate, params, tokens = seen[j]
