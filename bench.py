@@ -48,7 +48,7 @@ from types import SimpleNamespace
 
 import torch
 
-from common import autocast, resolve_compile, resolve_device, resolve_dtype, sync
+from common import COMPILE_MIN_BUDGET, autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
@@ -67,7 +67,7 @@ GPT2_RECIPE = [f"--{k}={v}" for k, v in GPT2_ARCH.items()] + ["--optimizer=adamw
 RECIPES = {
     # nanoGPT's README CPU recipe (shakespeare_char on a laptop): batch 12 x 64, lr 1e-3 -> 1e-4, 100 warmup steps
     "nanogpt": GPT2_RECIPE + ["--batch_size=12", "--block_size=64", "--lr=1e-3", "--min_lr=1e-4",
-                              "--warmup_iters=100"],
+                              "--warmup_iters=100", "--compile=False"],  # eager, as that README runs it on a CPU
     # the same architecture and optimizer with the batch, context and LR that did best at 1.5-10 CPU minutes
     "gpt2-tuned": GPT2_RECIPE + ["--batch_size=16", "--block_size=64", "--lr=2e-3", "--min_lr=2e-4",
                                  "--warmup_iters=50"],
@@ -204,20 +204,27 @@ def bench_train(bc):
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py does
     auto_dtype, auto_compile = resolve_dtype("auto", device), resolve_compile(None, device)
+    long_compile = resolve_compile(None, device, COMPILE_MIN_BUDGET)  # a run with a time_budget of several minutes
     low = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
     peaks = {d: peak_flops(device, d) for d in ("float32", low)}
     threads = f"{torch.get_num_threads()} threads" if not cuda else torch.cuda.get_device_name()
     print(f"\ntraining throughput on {device} ({threads}); measured peak matmul: "
           + ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()))
-    print(f"train.py's default here: dtype={auto_dtype}, compile={auto_compile}")
+    print(f"train.py's default here: dtype={auto_dtype}, compile={auto_compile}"
+          + (f" ({long_compile} with a time_budget of {COMPILE_MIN_BUDGET:g} minutes or more)"
+             if long_compile != auto_compile else ""))
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
     # (label, dtype, compile, train.py's fused optimizer); the first is the plain baseline
     settings = [("fp32 eager, plain AdamW", "float32", False, False), ("fp32 eager", "float32", False, True),
                 (f"{short[low]} eager", low, False, True)]
     if bc.compile:
         settings += [("fp32 compile", "float32", True, True), (f"{short[low]} compile", low, True, True)]
-    settings = [(f"{label}{' = default' if (d, c, f) == (auto_dtype, auto_compile, True) else ''}", d, c, f)
-                for label, d, c, f in settings]
+
+    def mark(d, c, f):
+        if (d, c, f) == (auto_dtype, auto_compile, True):
+            return " = default"
+        return " = long runs" if (d, c, f) == (auto_dtype, long_compile, True) else ""
+    settings = [(f"{label}{mark(d, c, f)}", d, c, f) for label, d, c, f in settings]
     if not any("default" in s[0] for s in settings):
         settings.append(("default", auto_dtype, auto_compile, True))
     rows = []

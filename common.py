@@ -12,12 +12,15 @@ CUDA processes talk over NCCL, CPU ones over gloo.
 import contextlib
 import importlib
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 
 import torch
 
 from configurator import UserError
+
+COMPILE_MIN_BUDGET = 5.0  # minutes: a CPU run with at least this time_budget compiles by default
 
 
 def sync(device):
@@ -66,11 +69,18 @@ def resolve_dtype(name, device):
     return name
 
 
-def resolve_compile(flag, device):
-    """compile=None (auto) compiles on CUDA only: on a CPU compiling takes most of a minute before the first
-    step (every run: evaluation and training each compile), more than it saves in a run of a few minutes
-    (README, "The training step on a CPU")."""
-    return device.startswith("cuda") if flag is None else flag
+def resolve_compile(flag, device, budget=0.0):
+    """compile=None (auto) compiles on CUDA, and on a CPU for a time_budget of COMPILE_MIN_BUDGET minutes or
+    more where a C++ compiler is found (Inductor builds its CPU kernels with one). On a CPU compiling costs
+    10 s (Inductor's on-disk cache warm) to over a minute (a fresh machine) before the first step, and then
+    a step takes about 0.6x the time: worth it in a run of several minutes, not in the 2.5-minute quickstart
+    (README, "The training step on a CPU"). A run without a budget has no known length: eager."""
+    if flag is not None:
+        return flag
+    if device.startswith("cuda"):
+        return True
+    return device == "cpu" and budget >= COMPILE_MIN_BUDGET and any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)
 
 
 def autocast(device, dtype):

@@ -107,7 +107,7 @@ class TrainConfig(OptimConfig):
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 where the device has it, else fp32)
-    compile: bool | None = None  # torch.compile the model; None = auto: on for CUDA, off elsewhere
+    compile: bool | None = None  # torch.compile the model; None = auto: on for CUDA, and on a CPU for time_budget >= 5
     seed: int = 1337
 
     def validate(self):
@@ -183,7 +183,7 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     optimizers = make_optimizers(cfg, raw, env.device)
     scaler = make_scaler(env.device, env.dtype)
     batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
-    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device) else raw
+    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, cfg.time_budget) else raw
     wrapped = model
     if env.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -241,7 +241,7 @@ def announce(cfg, s):
     """The run's header line, model_summary.txt, and wandb when asked (rank 0)."""
     n_params, meta, env = s.model.num_params(), s.meta, s.env
     tokens_per_step = cfg.batch_size * s.micro_steps * env.world * cfg.block_size
-    compiled = " compiled" if s.eval_model is not s.model else ""
+    compiled = " compiled (its first steps compile)" if s.eval_model is not s.model else ""
     print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
            f"vocab {meta['vocab_size']}) | device {env.device} {env.dtype}{compiled}"
            f"{f' x{env.world} processes' if env.world > 1 else ''} | {tokens_per_step:,} tokens/step | "
