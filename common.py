@@ -14,6 +14,7 @@ import importlib
 import os
 import shutil
 import signal
+import sysconfig
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,7 @@ def resolve_dtype(name, device):
 
 def resolve_compile(flag, device, budget=0.0):
     """compile=None (auto) compiles on CUDA, and on a CPU for a time_budget of COMPILE_MIN_BUDGET minutes or
-    more where a C++ compiler is found (Inductor builds its CPU kernels with one). On a CPU compiling costs
+    more where Inductor can build CPU kernels (cpu_kernels_buildable). On a CPU compiling costs
     10 s (Inductor's on-disk cache warm) to over a minute (a fresh machine) before the first step, and then
     a step takes about 0.6x the time: worth it in a run of several minutes, not in the 2.5-minute quickstart
     (README, "The training step on a CPU"). A run without a budget has no known length: eager."""
@@ -79,8 +80,14 @@ def resolve_compile(flag, device, budget=0.0):
         return flag
     if device.startswith("cuda"):
         return True
-    return device == "cpu" and budget >= COMPILE_MIN_BUDGET and any(
-        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)
+    return device == "cpu" and budget >= COMPILE_MIN_BUDGET and cpu_kernels_buildable()
+
+
+def cpu_kernels_buildable():
+    """Whether Inductor can build CPU kernels here: it compiles them with a C++ compiler and binds them to
+    Python, which takes Python's headers (Python.h: a python3-dev package on some Linux systems)."""
+    compiler = any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)
+    return compiler and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
 def autocast(device, dtype):

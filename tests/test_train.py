@@ -324,22 +324,32 @@ def test_setup_of_one_cuda_process_turns_on_tf32(monkeypatch):
     (None, "cpu", 0, True, False),        # no budget: the run's length is unknown
     (None, "cpu", 2.5, True, False),      # the quickstart: compiling would cost more than it saves
     (None, "cpu", 5, True, True),         # COMPILE_MIN_BUDGET minutes or more
-    (None, "cpu", 30, False, False),      # no C++ compiler for Inductor's CPU kernels
+    (None, "cpu", 30, False, False),      # Inductor cannot build CPU kernels here
     (None, "mps", 30, True, False),
     (None, "cuda", 0, False, True),
     (False, "cpu", 30, True, False),      # an explicit flag always wins
     (True, "cpu", 0, False, True),
 ])
 def test_auto_compile_on_a_cpu_waits_for_a_long_budget(monkeypatch, flag, device, budget, cxx, compiles):
-    monkeypatch.setattr(common.shutil, "which", lambda name: f"/usr/bin/{name}" if cxx else None)
+    monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: cxx)
     assert common.resolve_compile(flag, device, budget) is compiles
+
+
+def test_cpu_kernels_need_a_compiler_and_pythons_headers(monkeypatch, tmp_path):
+    monkeypatch.setattr(common.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
+    monkeypatch.setattr(common.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    assert not common.cpu_kernels_buildable()  # no Python.h
+    (tmp_path / "Python.h").write_text("")
+    assert common.cpu_kernels_buildable()
+    monkeypatch.setattr(common.shutil, "which", lambda name: None)
+    assert not common.cpu_kernels_buildable()  # no compiler
 
 
 def test_a_cpu_run_with_a_long_budget_compiles_by_default(corpus, tmp_path, monkeypatch, capsys):
     compile_ = torch.compile
     calls = []
     monkeypatch.setattr(train.torch, "compile", lambda m: calls.append(m) or compile_(m, backend="eager"))
-    monkeypatch.setattr(common.shutil, "which", lambda name: f"/usr/bin/{name}")  # a C++ compiler, wherever this runs
+    monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: True)  # wherever this runs
     run_small(corpus, tmp_path / "long", "--max_iters=2", "--eval_interval=2", f"--time_budget={common.COMPILE_MIN_BUDGET}")
     assert len(calls) == 1 and " compiled" in capsys.readouterr().out
     run_small(corpus, tmp_path / "short", "--max_iters=2", "--eval_interval=2", "--time_budget=1")
