@@ -90,6 +90,15 @@ def cpu_kernels_buildable():
     return compiler and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
+def check_compile(device):
+    """compile=True asked for where Inductor cannot build CPU kernels: one clear line now, rather than a
+    compiler's traceback at the first compiled step."""
+    if device == "cpu" and not cpu_kernels_buildable():
+        raise UserError("compile=True on a CPU needs a C++ compiler (g++ or clang++, or $CXX) and Python's headers "
+                        "(Python.h, e.g. the python3-dev package) to build Inductor's kernels: install them, or "
+                        "pass --compile=False")
+
+
 def autocast(device, dtype):
     """The mixed-precision context for the forward pass (a no-op for float32)."""
     if dtype == "float32":

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import hf
 from chat import Template
 from checkpoint import CKPT_BEST, load_checkpoint, model_from_checkpoint
-from common import resolve_device, resolve_dtype
+from common import check_compile, cpu_kernels_buildable, resolve_device, resolve_dtype
 from configurator import UserError
 from model import GPT
 from tokenizer import Tokenizer
@@ -338,7 +338,10 @@ class Session:
         if cfg.compile and not self.can_compile:
             raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
         if cfg.compile:
+            check_compile(self.device)
             compile_step(self.model, self.device)
+        # compile=None compiles a long generation's step only where Inductor can build the kernels
+        self.can_compile = self.can_compile and (self.device != "cpu" or cpu_kernels_buildable())
 
     def generate(self, prompt, temperature, echo=None, messages=None):
         """num_samples completions of prompt (text without the prompt) and the speeds, as a dict.

@@ -40,7 +40,8 @@ import torch
 import checkpoint
 import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
-from common import Env, StopFlag, fmt_time, gather_states, print0, resolve_compile, setup, teardown
+from common import (Env, StopFlag, check_compile, fmt_time, gather_states, print0, resolve_compile, setup,
+                    teardown)
 from configurator import UserError, cli, load_config
 from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
@@ -183,6 +184,8 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     optimizers = make_optimizers(cfg, raw, env.device)
     scaler = make_scaler(env.device, env.dtype)
     batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
+    if cfg.compile:
+        check_compile(env.device)
     model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, cfg.time_budget) else raw
     wrapped = model
     if env.world > 1:

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import common
 import engine
 import sample
 import train
@@ -175,6 +176,7 @@ def test_auto_compile_waits_for_a_long_generation(runs, monkeypatch):
     compiled, compile_step = [], engine.compile_step
     monkeypatch.setattr(engine, "compile_step", lambda model, device: compiled.append(model) or
                         compile_step(model, device, backend="eager"))
+    monkeypatch.setattr(engine, "cpu_kernels_buildable", lambda: True)  # the eager backend needs no compiler
     session = engine.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--max_new_tokens=20"))
     want = session.generate("def ", 0)
     assert not compiled and want["compile_s"] is None  # 20 tiny steps: never worth a compile
@@ -198,3 +200,15 @@ def test_sample_from_the_trained_run(corpus, tmp_path):
         sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={out}", "--start=\u2603 snowman"]))
     with pytest.raises(UserError, match="no checkpoint at"):
         sample.sample(load_config(sample.SampleConfig(), [f"--out_dir={tmp_path / 'nothing'}"]))
+
+
+def test_compiling_where_no_cpu_kernels_can_be_built(runs, monkeypatch):
+    """Without a C++ compiler or Python's headers: compile=True is one clear line; compile=None stays eager
+    however long the generation."""
+    monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: False)
+    monkeypatch.setattr(engine, "cpu_kernels_buildable", lambda: False)
+    with pytest.raises(UserError, match="compile=True on a CPU needs a C\\+\\+ compiler"):
+        engine.Session(cfg_for(runs["gpt"], "--compile=True"))
+    monkeypatch.setattr(engine, "COMPILE_PAYS_S", 0.0)
+    session = engine.Session(cfg_for(runs["gpt"], "--num_samples=1", "--temperature=0", "--max_new_tokens=20"))
+    assert session.generate("def ", 0)["compile_s"] is None and session.model.compiled_step is None

@@ -354,3 +354,10 @@ def test_a_cpu_run_with_a_long_budget_compiles_by_default(corpus, tmp_path, monk
     assert len(calls) == 1 and " compiled" in capsys.readouterr().out
     run_small(corpus, tmp_path / "short", "--max_iters=2", "--eval_interval=2", "--time_budget=1")
     assert len(calls) == 1 and " compiled" not in capsys.readouterr().out
+
+
+def test_compile_true_where_no_cpu_kernels_can_be_built_is_one_line(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: False)
+    with pytest.raises(UserError, match=r"compile=True on a CPU needs a C\+\+ compiler .* or pass --compile=False"):
+        run_small(corpus, tmp_path / "run", "--max_iters=2", "--compile=True")
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
