@@ -40,7 +40,8 @@ class OptimConfig:
     muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     normuon: bool = True  # muon: NorMuon: each output neuron's share of the update normalized by its running RMS
-    weight_decay: float = 0.1  # decoupled, on the weight matrices only (not embeddings' biases, norms)
+    weight_decay: float = 0.5  # decoupled (lr x this per step), on the weight matrices only (not biases, norms);
+    # 0.5, not GPT-2's 0.1: a small corpus read many times over then overfits later (README, the recipe)
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
     eps: float = 1e-8  # adamw

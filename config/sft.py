@@ -6,6 +6,7 @@ out_dir = "out/sft"
 init_from = "out/quickstart"
 optimizer = "adamw"
 lr = 1e-3
+weight_decay = 0.1
 schedule = "wsd"
 warmup_iters = 20
 decay_frac = 0.3
