@@ -334,14 +334,14 @@ class Session:
             self.dtype = generation_dtype(self.dtype, self.device, model)
         self.model = for_generation(model, self.device, self.dtype, cfg.quantize)
         self.slide = window_slide(cfg.slide, self.model)
-        self.can_compile = isinstance(self.model, GPT) and cfg.cache
-        if cfg.compile and not self.can_compile:
-            raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
+        compilable = isinstance(self.model, GPT) and cfg.cache
         if cfg.compile:
+            if not compilable:
+                raise UserError("compile=True compiles a GPT's cached one-token step: not an LSTM's, nor with cache=False")
             check_compile(self.device)
             compile_step(self.model, self.device)
         # compile=None compiles a long generation's step only where Inductor can build the kernels
-        self.can_compile = self.can_compile and (self.device != "cpu" or cpu_kernels_buildable())
+        self.can_compile = compilable and (self.device != "cpu" or cpu_kernels_buildable())
 
     def generate(self, prompt, temperature, echo=None, messages=None):
         """num_samples completions of prompt (text without the prompt) and the speeds, as a dict.
