@@ -183,3 +183,10 @@ def load_config(defaults, argv):
 def given_keys(cfg):
     """The keys load_config set from an override file or a flag (not left at their defaults)."""
     return getattr(cfg, "_given", frozenset())
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace, keeping the record of the keys that were given (given_keys)."""
+    new = dataclasses.replace(cfg, **changes)
+    new._given = given_keys(cfg)
+    return new

@@ -17,8 +17,11 @@ Explicit shapes win: a shape key given in a config file or flag (n_layer, n_embd
 and the probe chooses among the rungs that fit it (a given width: the depths; a given depth: the
 widths). Both n_layer and n_embd given leaves nothing to choose, which is an error, as is a budget too
 short to probe.
+
+The context is sized to the budget too, without being asked (`context`): a new GPT given LONG_BUDGET
+minutes or more trains on windows of LONG_CONTEXT tokens, as many fewer per batch, unless block_size or
+batch_size is given.
 """
-import dataclasses
 import math
 import time
 
@@ -26,7 +29,7 @@ import torch
 
 from checkpoint import model_args
 from common import print0, sync
-from configurator import UserError, given_keys
+from configurator import UserError, given_keys, replace
 from dataloader import Batches
 from model import build_model
 from optim import make_optimizers, make_scaler, set_schedule, train_step
@@ -41,6 +44,8 @@ PROBE_WARMUP = 2  # untimed steps per probed size (allocations, first-call overh
 PROBE_SECONDS = 1.0  # then steps are timed until this much time has passed...
 PROBE_MIN_STEPS = 3  # ...and at least this many
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head")
+LONG_BUDGET = 5.0  # minutes: a run with at least this time_budget trains on longer windows...
+LONG_CONTEXT = 256  # ...of this many tokens, fewer of them per batch (the same tokens a step)
 
 
 def check(cfg):
@@ -116,7 +121,7 @@ def choose(cfg, env, vocab_size, data):
     t0 = time.time()
     rungs = ladder(cfg)
     budget_s, unique = cfg.time_budget * 60, len(getattr(data, "ids", data))  # (instruction data: its tokens)
-    sized = lambda r: dataclasses.replace(cfg, n_layer=r[0], n_embd=r[1], n_head=r[2])
+    sized = lambda r: replace(cfg, n_layer=r[0], n_embd=r[1], n_head=r[2])
     seen = {}  # rung -> (tokens/s, block params, tokens the rest of the budget buys)
 
     def predict(i):
@@ -154,3 +159,19 @@ def choose(cfg, env, vocab_size, data):
            f"param come nearest {TOKENS_PER_PARAM:g} without over {MAX_EPOCHS:g} epochs of the data (probe "
            f"{spent:.1f} s, counted in the budget)")
     return sized(rungs[best]), spent
+
+
+def context(cfg, meta, splits):
+    """cfg with the context its budget buys. In the first minutes the defaults' 16 windows of 128 tokens
+    a step learn fastest; given LONG_BUDGET minutes or more, 8 windows of 256 (the same 2,048 tokens, each
+    predicted from twice the context) end lower (README, "A longer context for a longer budget"). Only
+    for a new GPT on token data (instruction data keeps its examples) whose splits hold a window, with
+    neither block_size nor batch_size given."""
+    if (cfg.time_budget < LONG_BUDGET or cfg.model != "gpt" or meta.get("kind") == "sft"
+            or cfg.block_size >= LONG_CONTEXT or {"block_size", "batch_size"} & given_keys(cfg)
+            or min(len(s) for s in splits) <= LONG_CONTEXT):
+        return cfg
+    batch = max(1, cfg.batch_size * cfg.block_size // LONG_CONTEXT)
+    print0(f"context: windows of {LONG_CONTEXT} tokens, {batch} a batch, for a budget of {cfg.time_budget:g} minutes "
+           f"(at least {LONG_BUDGET:g}); --block_size and --batch_size choose them")
+    return replace(cfg, block_size=LONG_CONTEXT, batch_size=batch)

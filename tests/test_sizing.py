@@ -1,6 +1,6 @@
 """sizing.py: the ladder of sizes and the shape keys a user gives, the choice the rule makes from the probe's
 rates (with a fake probe: any rates, any budget, any corpus size), an auto-sized run end to end (and its
-resume), and the one-line errors."""
+resume), the one-line errors, and the context a budget buys (alone and in a run)."""
 import functools
 import json
 import math
@@ -16,6 +16,7 @@ import sizing
 import train
 from checkpoint import model_args
 from common import Env
+from configurator import given_keys
 from conftest import FEW, cfg_of, cli_error, events
 
 CPU = Env(rank=0, world=1, device="cpu", dtype="float32")
@@ -109,3 +110,35 @@ def test_auto_size_errors_are_one_line(argv, says, tmp_path, capsys, monkeypatch
     err = cli_error(train.main, [f"--out_dir={tmp_path / 'run'}", *argv], capsys, monkeypatch)
     assert says in err
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_a_long_budget_doubles_the_context_at_the_same_tokens_a_step_unless_the_batch_is_given():
+    meta, splits = {"kind": "tokens"}, [np.zeros(10_000, dtype=np.uint16)] * 2
+    shape = lambda c: (c.block_size, c.batch_size)
+    long_ = sizing.context(cfg_of(f"--time_budget={sizing.LONG_BUDGET}", "--n_layer=3"), meta, splits)
+    assert shape(long_) == (sizing.LONG_CONTEXT, 8) and 8 * sizing.LONG_CONTEXT == 16 * 128
+    assert "n_layer" in given_keys(long_)  # auto_size, after it, still sees the shape keys given
+    for argv in ([f"--time_budget={sizing.LONG_BUDGET - 0.1}"], [], ["--time_budget=10", "--block_size=128"],
+                 ["--time_budget=10", "--batch_size=16"], ["--time_budget=10", "--model=lstm"]):
+        assert shape(sizing.context(cfg_of(*argv), meta, splits)) == (128, 16), argv
+    assert shape(sizing.context(cfg_of("--time_budget=10"), {"kind": "sft"}, splits)) == (128, 16)
+    short = [np.zeros(sizing.LONG_CONTEXT, dtype=np.uint16)] * 2  # no window of 256 + 1 tokens
+    assert shape(sizing.context(cfg_of("--time_budget=10"), meta, short)) == (128, 16)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_long_budget_trains_and_resumes_on_the_longer_windows(corpus, tmp_path, capsys):
+    out = tmp_path / "long"
+    argv = [f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", "--time_budget=10",
+            "--max_iters=2", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--eval_iters=1",
+            "--eval_interval=2", "--final_eval_tokens=600"]
+    train.train(cfg_of(*argv))
+    stored = json.loads((out / "config.json").read_text())
+    stored = stored.get("config", stored)
+    assert (stored["block_size"], stored["batch_size"]) == (sizing.LONG_CONTEXT, 8)
+    log = capsys.readouterr().out
+    assert "context: windows of 256 tokens, 8 a batch" in log and "2,048 tokens/step" in log
+    resumed = train.train(cfg_of(*argv[:4], "--init_from=resume", "--max_iters=3"))
+    assert resumed["iters"] == 3 and "context:" not in capsys.readouterr().out
+    stored = json.loads((out / "config.json").read_text())
+    assert (stored.get("config", stored)["block_size"]) == sizing.LONG_CONTEXT
