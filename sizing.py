@@ -168,10 +168,9 @@ def context(cfg, meta, splits):
     for a new GPT on token data (instruction data keeps its examples) whose splits hold a window, with
     neither block_size nor batch_size given."""
     if (cfg.time_budget < LONG_BUDGET or cfg.model != "gpt" or meta.get("kind") == "sft"
-            or cfg.block_size >= LONG_CONTEXT or {"block_size", "batch_size"} & given_keys(cfg)
-            or min(len(s) for s in splits) <= LONG_CONTEXT):
+            or {"block_size", "batch_size"} & given_keys(cfg) or min(len(s) for s in splits) <= LONG_CONTEXT):
         return cfg
-    batch = max(1, cfg.batch_size * cfg.block_size // LONG_CONTEXT)
+    batch = cfg.batch_size * cfg.block_size // LONG_CONTEXT  # (both are TrainConfig's defaults here)
     print0(f"context: windows of {LONG_CONTEXT} tokens, {batch} a batch, for a budget of {cfg.time_budget:g} minutes "
            f"(at least {LONG_BUDGET:g}); --block_size and --batch_size choose them")
     return replace(cfg, block_size=LONG_CONTEXT, batch_size=batch)

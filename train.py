@@ -270,11 +270,11 @@ def train(cfg):
     micro = micro_steps(cfg, env)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
-    if ckpt is None:  # the context for the budget, where none is given
-        cfg = sizing.context(cfg, meta, (train_data, val_data))
     probe_s = 0.0
-    if cfg.auto_size and ckpt is None:  # the shape for the budget; the probe's seconds count in it
-        cfg, probe_s = sizing.choose(cfg, env, meta["vocab_size"], train_data)
+    if ckpt is None:  # a new model: the context for the budget (where none is given), then its size if asked
+        cfg = sizing.context(cfg, meta, (train_data, val_data))
+        if cfg.auto_size:  # the probe's seconds count in the budget
+            cfg, probe_s = sizing.choose(cfg, env, meta["vocab_size"], train_data)
     exact = None  # (the template, the held-out conversations) of eval_file, read before anything is written
     if cfg.eval_file:
         exact = Template(Tokenizer.from_meta(meta)), read_examples(cfg.eval_file)

@@ -113,7 +113,7 @@ def test_auto_size_errors_are_one_line(argv, says, tmp_path, capsys, monkeypatch
 
 
 def test_a_long_budget_doubles_the_context_at_the_same_tokens_a_step_unless_the_batch_is_given():
-    meta, splits = {"kind": "tokens"}, [np.zeros(10_000, dtype=np.uint16)] * 2
+    meta, splits = {"dataset": "code"}, [np.zeros(10_000, dtype=np.uint16)] * 2  # token data: no "kind"
     shape = lambda c: (c.block_size, c.batch_size)
     long_ = sizing.context(cfg_of(f"--time_budget={sizing.LONG_BUDGET}", "--n_layer=3"), meta, splits)
     assert shape(long_) == (sizing.LONG_CONTEXT, 8) and 8 * sizing.LONG_CONTEXT == 16 * 128
