@@ -32,8 +32,9 @@ tokens seen, tokens/s and the best checkpoint's loss on the whole val split (tra
 evaluation: the same evaluator for every recipe). The recipes are RECIPES below: nanoGPT's CPU recipe,
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, the defaults, and
 the defaults with the ReLU² MLP they had before SwiGLU (relu2), the defaults kept on 16 x 128-token batches
-where a budget of 5 minutes or more would double their context (ctx128), and the defaults with the model
-sized to the budget (auto: train.py --auto_size=True); relu2, ctx128 and auto are not in the default list.
+where a budget of 5 minutes or more would double their context (ctx128), the defaults at the LR they had
+before a budget of 5 minutes or more lowered it (lr4e-3), and the defaults with the model sized to the
+budget (auto: train.py --auto_size=True); relu2, ctx128, lr4e-3 and auto are not in the default list.
 The README's tables run from 2 to 30 minutes.
 """
 import contextlib
@@ -75,8 +76,11 @@ RECIPES = {
     "default": [],  # TrainConfig as it is
     # the defaults with the plain ReLU² MLP they had before SwiGLU (as many weights: 2 matrices of 512, not 3 of 344)
     "relu2": ["--activation=relu2"],
-    # the defaults on the 16 x 128-token batches they have under 5 minutes, at any budget (no sizing.context)
+    # the defaults on the 16 x 128-token batches they have under 5 minutes, at any budget (sizing.long_budget's
+    # longer context not taken; its LR is)
     "ctx128": ["--block_size=128", "--batch_size=16"],
+    # the defaults at the peak LR they have under 5 minutes, at any budget (sizing.long_budget's LR not taken)
+    "lr4e-3": ["--lr=4e-3"],
     # the defaults with the model sized to the budget on this machine (sizing.py), not fixed at 4 x 128
     "auto": ["--auto_size=True"],
 }

@@ -36,7 +36,7 @@ class OptimConfig:
     max_iters: int = 2000
     time_budget: float = 0.0  # minutes of training; 0 = no budget
     optimizer: str = "muon"  # muon (hidden matrices; AdamW for the rest) | adamw | sgd
-    lr: float = 4e-3  # the peak learning rate (AdamW's or SGD's)
+    lr: float = 4e-3  # the peak learning rate (AdamW's or SGD's); train.py: 3e-3 from time_budget >= 5 (sizing.py)
     muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     normuon: bool = True  # muon: NorMuon: each output neuron's share of the update normalized by its running RMS

@@ -18,9 +18,9 @@ and the probe chooses among the rungs that fit it (a given width: the depths; a 
 widths). Both n_layer and n_embd given leaves nothing to choose, which is an error, as is a budget too
 short to probe.
 
-The context is sized to the budget too, without being asked (`context`): a new GPT given LONG_BUDGET
-minutes or more trains on windows of LONG_CONTEXT tokens, as many fewer per batch, unless block_size or
-batch_size is given.
+The context and the LR follow the budget too, without being asked (`long_budget`): a new GPT given
+LONG_BUDGET minutes or more trains on windows of LONG_CONTEXT tokens, as many fewer per batch, unless
+block_size or batch_size is given, at a peak LR of LONG_LR, unless lr (or the optimizer) is given.
 """
 import math
 import time
@@ -45,7 +45,8 @@ PROBE_SECONDS = 1.0  # then steps are timed until this much time has passed...
 PROBE_MIN_STEPS = 3  # ...and at least this many
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head")
 LONG_BUDGET = 5.0  # minutes: a run with at least this time_budget trains on longer windows...
-LONG_CONTEXT = 256  # ...of this many tokens, fewer of them per batch (the same tokens a step)
+LONG_CONTEXT = 256  # ...of this many tokens, fewer of them per batch (the same tokens a step)...
+LONG_LR = 3e-3  # ...at this peak LR
 
 
 def check(cfg):
@@ -161,16 +162,26 @@ def choose(cfg, env, vocab_size, data):
     return sized(rungs[best]), spent
 
 
-def context(cfg, meta, splits):
-    """cfg with the context its budget buys. In the first minutes the defaults' 16 windows of 128 tokens
-    a step learn fastest; given LONG_BUDGET minutes or more, 8 windows of 256 (the same 2,048 tokens, each
-    predicted from twice the context) end lower (README, "A longer context for a longer budget"). Only
-    for a new GPT on token data (instruction data keeps its examples) whose splits hold a window, with
-    neither block_size nor batch_size given."""
-    if (cfg.time_budget < LONG_BUDGET or cfg.model != "gpt" or meta.get("kind") == "sft"
-            or {"block_size", "batch_size"} & given_keys(cfg) or min(len(s) for s in splits) <= LONG_CONTEXT):
+def long_budget(cfg, meta, splits):
+    """cfg with what a budget of LONG_BUDGET minutes or more changes in the recipe of a new GPT on token
+    data (instruction data keeps its examples and LR), each unless given:
+    - the context: in the first minutes the defaults' 16 windows of 128 tokens a step learn fastest; given
+      longer, 8 windows of 256 (the same 2,048 tokens, each predicted from twice the context) end lower
+      (README, "A longer context for a longer budget"). Not where block_size or batch_size is given, or
+      where a split holds no such window.
+    - the peak LR: the default's was tuned on 2-minute runs; the longer ones end lower, and spread less
+      from seed to seed, at LONG_LR (README, "A lower LR for a longer budget"). Not where lr or optimizer
+      is given (another optimizer wants its own LR)."""
+    if cfg.time_budget < LONG_BUDGET or cfg.model != "gpt" or meta.get("kind") == "sft":
         return cfg
-    batch = cfg.batch_size * cfg.block_size // LONG_CONTEXT  # (both are TrainConfig's defaults here)
-    print0(f"context: windows of {LONG_CONTEXT} tokens, {batch} a batch, for a budget of {cfg.time_budget:g} minutes "
-           f"(at least {LONG_BUDGET:g}); --block_size and --batch_size choose them")
-    return replace(cfg, block_size=LONG_CONTEXT, batch_size=batch)
+    given, changes = given_keys(cfg), {}
+    why = f"for a budget of {cfg.time_budget:g} minutes (at least {LONG_BUDGET:g})"
+    if not {"block_size", "batch_size"} & given and min(len(s) for s in splits) > LONG_CONTEXT:
+        batch = cfg.batch_size * cfg.block_size // LONG_CONTEXT  # (both are TrainConfig's defaults here)
+        changes.update(block_size=LONG_CONTEXT, batch_size=batch)
+        print0(f"context: windows of {LONG_CONTEXT} tokens, {batch} a batch, {why}; --block_size and "
+               f"--batch_size choose them")
+    if not {"lr", "optimizer"} & given:
+        changes.update(lr=LONG_LR)
+        print0(f"lr: {LONG_LR:g} (not {cfg.lr:g}), {why}; --lr chooses it")
+    return replace(cfg, **changes)

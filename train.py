@@ -20,7 +20,8 @@ zero-initialized projections and an untied head (model.RECIPE_ARCH). The seed co
 architecture and their seeds' optimizers. A run ends at max_iters or when its wall-clock budget
 (time_budget, minutes) is spent, whichever comes first; the LR schedule runs on the further of the two,
 so it completes its shape when the run ends. A budget of 5 minutes or more also buys a new GPT twice the
-context, on half as many windows a step (sizing.context), unless block_size or batch_size is given. Then
+context, on half as many windows a step, unless block_size or batch_size is given, and a lower peak LR,
+unless lr is given (sizing.long_budget). Then
 the best checkpoint is scored on the val and test splits (metrics.score_run, what `python evaluate.py`
 runs). Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes
 together, so a config trains on the same windows whatever the number of processes.
@@ -69,7 +70,7 @@ class TrainConfig(OptimConfig):
     n_layer: int = 4
     n_head: int = 4  # gpt
     n_embd: int = 128
-    block_size: int = 128  # tokens of context (256 for a new GPT with time_budget >= 5, unless given: sizing.context)
+    block_size: int = 128  # tokens of context (256 for a new GPT with time_budget >= 5 unless given: sizing.py)
     dropout: float = 0.0
     bias: bool = RECIPE_ARCH["bias"]  # gpt: biases in the linear layers and LayerNorms (GPT-2 has them)
     pos_emb: str = RECIPE_ARCH["pos_emb"]  # gpt: learned (GPT-2) | sinusoidal | rope
@@ -90,7 +91,7 @@ class TrainConfig(OptimConfig):
     rope_theta: float = ROPE_BASE  # RoPE's base wavelength
     rope_scaling: str = ""  # Llama 3's "factor,low_freq_factor,high_freq_factor,original_context"; "" = none
     # batches
-    batch_size: int = 16  # sequences per micro-step, in each process (8 where sizing.context doubles block_size)
+    batch_size: int = 16  # sequences per micro-step, in each process (8 where sizing.long_budget doubles block_size)
     grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)
     # LR range test: python train.py CONFIG --lr_find=True
     lr_find: bool = False
@@ -271,8 +272,8 @@ def train(cfg):
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
     probe_s = 0.0
-    if ckpt is None:  # a new model: the context for the budget (where none is given), then its size if asked
-        cfg = sizing.context(cfg, meta, (train_data, val_data))
+    if ckpt is None:  # a new model: the context and LR for the budget (where not given), then its size if asked
+        cfg = sizing.long_budget(cfg, meta, (train_data, val_data))
         if cfg.auto_size:  # the probe's seconds count in the budget
             cfg, probe_s = sizing.choose(cfg, env, meta["vocab_size"], train_data)
     exact = None  # (the template, the held-out conversations) of eval_file, read before anything is written

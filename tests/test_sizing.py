@@ -1,6 +1,6 @@
 """sizing.py: the ladder of sizes and the shape keys a user gives, the choice the rule makes from the probe's
 rates (with a fake probe: any rates, any budget, any corpus size), an auto-sized run end to end (and its
-resume), the one-line errors, and the context a budget buys (alone and in a run)."""
+resume), the one-line errors, and the context and LR a long budget buys (alone and in a run)."""
 import functools
 import json
 import math
@@ -115,19 +115,36 @@ def test_auto_size_errors_are_one_line(argv, says, tmp_path, capsys, monkeypatch
 def test_a_long_budget_doubles_the_context_at_the_same_tokens_a_step_unless_the_batch_is_given():
     meta, splits = {"dataset": "code"}, [np.zeros(10_000, dtype=np.uint16)] * 2  # token data: no "kind"
     shape = lambda c: (c.block_size, c.batch_size)
-    long_ = sizing.context(cfg_of(f"--time_budget={sizing.LONG_BUDGET}", "--n_layer=3"), meta, splits)
+    long_ = sizing.long_budget(cfg_of(f"--time_budget={sizing.LONG_BUDGET}", "--n_layer=3"), meta, splits)
     assert shape(long_) == (sizing.LONG_CONTEXT, 8) and 8 * sizing.LONG_CONTEXT == 16 * 128
     assert "n_layer" in given_keys(long_)  # auto_size, after it, still sees the shape keys given
     for argv in ([f"--time_budget={sizing.LONG_BUDGET - 0.1}"], [], ["--time_budget=10", "--block_size=128"],
                  ["--time_budget=10", "--batch_size=16"], ["--time_budget=10", "--model=lstm"]):
-        assert shape(sizing.context(cfg_of(*argv), meta, splits)) == (128, 16), argv
-    assert shape(sizing.context(cfg_of("--time_budget=10"), {"kind": "sft"}, splits)) == (128, 16)
+        assert shape(sizing.long_budget(cfg_of(*argv), meta, splits)) == (128, 16), argv
+    assert shape(sizing.long_budget(cfg_of("--time_budget=10"), {"kind": "sft"}, splits)) == (128, 16)
     short = [np.zeros(sizing.LONG_CONTEXT, dtype=np.uint16)] * 2  # no window of 256 + 1 tokens
-    assert shape(sizing.context(cfg_of("--time_budget=10"), meta, short)) == (128, 16)
+    assert shape(sizing.long_budget(cfg_of("--time_budget=10"), meta, short)) == (128, 16)
+
+
+def test_a_long_budget_lowers_the_lr_unless_the_lr_or_optimizer_is_given(capsys):
+    meta, splits = {"dataset": "code"}, [np.zeros(10_000, dtype=np.uint16)] * 2
+    default_lr = train.TrainConfig().lr
+    assert sizing.LONG_LR < default_lr
+    long_ = sizing.long_budget(cfg_of(f"--time_budget={sizing.LONG_BUDGET}"), meta, splits)
+    assert long_.lr == sizing.LONG_LR
+    assert f"lr: {sizing.LONG_LR:g} (not {default_lr:g})" in capsys.readouterr().out
+    kept = sizing.long_budget(cfg_of("--time_budget=10", "--block_size=128", "--batch_size=16"), meta, splits)
+    assert kept.lr == sizing.LONG_LR and (kept.block_size, kept.batch_size) == (128, 16)  # the two rules are apart
+    for argv, lr in ([[f"--time_budget={sizing.LONG_BUDGET - 0.1}"], default_lr],
+                     [["--time_budget=10", "--lr=5e-3"], 5e-3],
+                     [["--time_budget=10", "--optimizer=adamw"], default_lr],
+                     [["--time_budget=10", "--model=lstm"], default_lr]):
+        assert sizing.long_budget(cfg_of(*argv), meta, splits).lr == lr, argv
+    assert sizing.long_budget(cfg_of("--time_budget=10"), {"kind": "sft"}, splits).lr == default_lr
 
 
 @pytest.mark.slow
-def test_a_run_with_a_long_budget_trains_and_resumes_on_the_longer_windows(corpus, tmp_path, capsys):
+def test_a_run_with_a_long_budget_trains_and_resumes_on_the_longer_windows_at_the_lower_lr(corpus, tmp_path, capsys):
     out = tmp_path / "long"
     argv = [f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", "--time_budget=10",
             "--max_iters=2", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--eval_iters=1",
@@ -138,7 +155,9 @@ def test_a_run_with_a_long_budget_trains_and_resumes_on_the_longer_windows(corpu
     assert (stored["block_size"], stored["batch_size"]) == (sizing.LONG_CONTEXT, 8)
     log = capsys.readouterr().out
     assert "context: windows of 256 tokens, 8 a batch" in log and "2,048 tokens/step" in log
+    assert stored["lr"] == sizing.LONG_LR and f"lr: {sizing.LONG_LR:g}" in log
     resumed = train.train(cfg_of(*argv[:4], "--init_from=resume", "--max_iters=3"))
-    assert resumed["iters"] == 3 and "context:" not in capsys.readouterr().out
+    assert resumed["iters"] == 3 and "context:" not in (log := capsys.readouterr().out) and "lr: " not in log
     stored = json.loads((out / "config.json").read_text())
-    assert (stored.get("config", stored)["block_size"]) == sizing.LONG_CONTEXT
+    stored = stored.get("config", stored)
+    assert (stored["block_size"], stored["lr"]) == (sizing.LONG_CONTEXT, sizing.LONG_LR)
