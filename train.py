@@ -21,7 +21,7 @@ architecture and their seeds' optimizers. A run ends at max_iters or when its wa
 (time_budget, minutes) is spent, whichever comes first; the LR schedule runs on the further of the two,
 so it completes its shape when the run ends. A budget of 5 minutes or more also buys a new GPT twice the
 context, on half as many windows a step, unless block_size or batch_size is given, and a lower peak LR,
-unless lr is given (sizing.long_budget). Then
+unless lr or optimizer is given (sizing.long_budget). Then
 the best checkpoint is scored on the val and test splits (metrics.score_run, what `python evaluate.py`
 runs). Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes
 together, so a config trains on the same windows whatever the number of processes.

@@ -144,7 +144,7 @@ def test_a_long_budget_lowers_the_lr_unless_the_lr_or_optimizer_is_given(capsys)
 
 
 @pytest.mark.slow
-def test_a_run_with_a_long_budget_trains_and_resumes_on_the_longer_windows_at_the_lower_lr(corpus, tmp_path, capsys):
+def test_a_long_budget_run_trains_and_resumes_on_the_longer_windows_at_the_lower_lr(corpus, tmp_path, capsys):
     out = tmp_path / "long"
     argv = [f"--data_dir={corpus / 'data'}", "--dataset=code", f"--out_dir={out}", "--time_budget=10",
             "--max_iters=2", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--eval_iters=1",
