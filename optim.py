@@ -33,7 +33,7 @@ NORMUON_BETA2 = 0.9  # Muon with normuon: the EMA of each neuron's mean squared 
 class OptimConfig:
     """The optimization keys of TrainConfig (train.py), which extends this: the run's length, the
     optimizer and the schedule."""
-    max_iters: int = 2000
+    max_iters: int = 2000  # 0 = no cap; train.py: none where a time_budget is given and max_iters is not
     time_budget: float = 0.0  # minutes of training; 0 = no budget
     optimizer: str = "muon"  # muon (hidden matrices; AdamW for the rest) | adamw | sgd
     lr: float = 4e-3  # the peak learning rate (AdamW's or SGD's); train.py: 3e-3 from time_budget >= 5 (sizing.py)

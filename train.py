@@ -18,8 +18,8 @@ bought the lowest loss in a few CPU minutes (`python bench.py budget`): Muon for
 AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm, QK-norm, a SwiGLU MLP,
 zero-initialized projections and an untied head (model.RECIPE_ARCH). The seed configs pin GPT-2's
 architecture and their seeds' optimizers. A run ends at max_iters or when its wall-clock budget
-(time_budget, minutes) is spent, whichever comes first; the LR schedule runs on the further of the two,
-so it completes its shape when the run ends. A budget of 5 minutes or more also buys a new GPT twice the
+(time_budget, minutes) is spent, whichever comes first (a budget given without max_iters: the budget
+alone); the LR schedule runs on the further of the two, so it completes its shape when the run ends. A budget of 5 minutes or more also buys a new GPT twice the
 context, on half as many windows a step, unless block_size or batch_size is given, and a lower peak LR,
 unless lr or optimizer is given (sizing.long_budget). Then
 the best checkpoint is scored on the val and test splits (metrics.score_run, what `python evaluate.py`
@@ -44,7 +44,7 @@ import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
 from common import (Env, StopFlag, check_compile, fmt_time, gather_states, print0, resolve_compile, setup,
                     teardown)
-from configurator import UserError, cli, load_config
+from configurator import UserError, cli, given_keys, load_config, replace
 from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
@@ -269,6 +269,7 @@ def train(cfg):
     sizing.check(cfg)
     env = setup(cfg.device, cfg.dtype)
     micro = micro_steps(cfg, env)
+    cfg = budget_alone(cfg)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
     probe_s = 0.0
@@ -313,6 +314,17 @@ def train(cfg):
     stop.restore()
     s.train_model = control = None  # they hold process groups: dropped, destroy_process_group ends gloo's threads
     return finish(cfg, s)
+
+
+def budget_alone(cfg):
+    """cfg where a time_budget is given and max_iters is not: no step cap (max_iters=0), so the budget alone
+    ends the run, as asked (the default's 2,000 steps take a 4 x 128 GPT about 5 minutes on a laptop CPU).
+    Not on resume, which keeps the run's own horizon."""
+    if cfg.time_budget <= 0 or cfg.max_iters <= 0 or "max_iters" in given_keys(cfg) or cfg.init_from == "resume":
+        return cfg
+    print0(f"max_iters: none (not {cfg.max_iters:,}), the {cfg.time_budget:g}-minute budget ends the run; "
+           f"--max_iters caps the steps")
+    return replace(cfg, max_iters=0)
 
 
 def shared_clock(elapsed, stopping, world, control):

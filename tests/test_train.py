@@ -320,6 +320,16 @@ def test_setup_of_one_cuda_process_turns_on_tf32(monkeypatch):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def test_a_budget_given_without_max_iters_alone_ends_the_run(capsys):
+    assert train.budget_alone(cfg_of("--time_budget=10")).max_iters == 0  # not the default's 2,000 steps
+    assert "max_iters: none (not 2,000), the 10-minute budget ends the run" in capsys.readouterr().out
+    for argv in (["--time_budget=10", "--max_iters=500"], [], ["--time_budget=10", "--init_from=resume"]):
+        assert train.budget_alone(cfg_of(*argv)).max_iters == cfg_of(*argv).max_iters > 0
+    quickstart = load_config(train.TrainConfig(), [str(REPO / "config" / "quickstart.py")])
+    assert train.budget_alone(quickstart).max_iters == quickstart.max_iters  # a config file gives it too
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("flag, device, budget, cxx, compiles", [
     (None, "cpu", 0, True, False),        # no budget: the run's length is unknown
     (None, "cpu", 2.5, True, False),      # the quickstart: compiling would cost more than it saves
