@@ -6,11 +6,15 @@ Where and how a process computes: the device, the precision, and the processes o
     print0("only rank 0 prints")
 
 dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that multiply bf16 in hardware
-(AVX512-BF16 or AMX), else fp32. Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment;
-CUDA processes talk over NCCL, CPU ones over gloo.
+(AVX512-BF16 or AMX), else fp32. compile=None (resolve_compile) compiles on CUDA, and on a CPU for a long
+budget, or a short one where a compiled run has left the model's graphs in Inductor's cache. Under
+torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment; CUDA processes talk over NCCL, CPU ones
+over gloo.
 """
 import contextlib
+import hashlib
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +26,7 @@ import torch
 from configurator import UserError
 
 COMPILE_MIN_BUDGET = 5.0  # minutes: a CPU run with at least this time_budget compiles by default
+COMPILE_WARM_MIN_BUDGET = 1.0  # minutes: ... and one with at least this, where its graphs are in Inductor's cache
 
 
 def sync(device):
@@ -70,17 +75,53 @@ def resolve_dtype(name, device):
     return name
 
 
-def resolve_compile(flag, device, budget=0.0):
-    """compile=None (auto) compiles on CUDA, and on a CPU for a time_budget of COMPILE_MIN_BUDGET minutes or
-    more where Inductor can build CPU kernels (cpu_kernels_buildable). On a CPU compiling costs
-    10 s (Inductor's on-disk cache warm) to over a minute (a fresh machine) before the first step, and then
-    a step takes about 0.6x the time: worth it in a run of several minutes, not in the 2.5-minute quickstart
-    (README, "The training step on a CPU"). A run without a budget has no known length: eager."""
+def resolve_compile(flag, device, budget=0.0, graphs=""):
+    """compile=None (auto) compiles on CUDA, and on a CPU where Inductor can build CPU kernels
+    (cpu_kernels_buildable) for a time_budget of COMPILE_MIN_BUDGET minutes or more, or of
+    COMPILE_WARM_MIN_BUDGET or more where Inductor's on-disk cache holds the run's graphs (`graphs`, a key
+    that graphs_cached knows). On a CPU compiling costs 10 s (the cache warm) to over a minute (a fresh
+    machine) before the first step, and then a step takes about 0.6x the time: worth it in a run of several
+    minutes, and in a short one only where the cache is warm (README, "The training step on a CPU"). A run
+    without a budget has no known length: eager."""
     if flag is not None:
         return flag
     if device.startswith("cuda"):
         return True
-    return device == "cpu" and budget >= COMPILE_MIN_BUDGET and cpu_kernels_buildable()
+    if device != "cpu" or budget < COMPILE_WARM_MIN_BUDGET or not cpu_kernels_buildable():
+        return False
+    return budget >= COMPILE_MIN_BUDGET or graphs_cached(graphs)
+
+
+def graphs_key(**shape):
+    """A name for the graphs a compiled model builds, from what decides them (the model's args, the batch
+    shape, the dtype, ...), the torch version and the CPU threads (Inductor's CPU kernels are built for
+    their number: a cache filled on 2 threads is cold for a run on 1)."""
+    text = json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), **shape}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _graphs_marker(key):
+    """The file that says a compiled run built the graphs `key`: in Inductor's cache folder itself, so it goes
+    when the cache goes (a new machine, a cleaned /tmp, TORCHINDUCTOR_CACHE_DIR pointed elsewhere)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return os.path.join(cache_dir(), "lm-graphs", key)
+
+
+def graphs_cached(key):
+    """Whether a compiled run on this machine built the graphs `key` (mark_graphs_cached), so compiling them
+    again reads them from Inductor's cache."""
+    return bool(key) and os.path.exists(_graphs_marker(key))
+
+
+def mark_graphs_cached(key):
+    """Record that this run's compiled graphs `key` are in Inductor's cache (after it trained and evaluated).
+    A marker that cannot be written only costs a later short run its compile."""
+    try:
+        os.makedirs(os.path.dirname(_graphs_marker(key)), exist_ok=True)
+        open(_graphs_marker(key), "w").close()
+    except OSError:
+        pass
 
 
 def cpu_kernels_buildable():

@@ -10,8 +10,9 @@ training more than MAX_EPOCHS passes over the data (a small corpus wants a bigge
 it less: Muennighoff et al. 2023 found repeats beyond ~4 epochs worth little). A bigger budget buys a
 bigger model. The probe climbs from the default rung only as far as the choice needs, and
 its seconds count in the budget (the run's clock starts with them). It times eager steps even where the
-run then compiles (compile=None does for a budget of 5 minutes or more on a CPU): compiling every probed
-size would cost more than the probe, so a compiled run sees more tokens per parameter than the rule aims at.
+run then compiles (compile=None does on a CPU for a budget of 5 minutes or more, or a shorter one whose
+graphs Inductor's cache holds): compiling every probed size would cost more than the probe, so a
+compiled run sees more tokens per parameter than the rule aims at.
 
 Explicit shapes win: a shape key given in a config file or flag (n_layer, n_embd, n_head) keeps its value
 and the probe chooses among the rungs that fit it (a given width: the depths; a given depth: the

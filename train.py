@@ -19,9 +19,10 @@ AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm
 zero-initialized projections and an untied head (model.RECIPE_ARCH). The seed configs pin GPT-2's
 architecture and their seeds' optimizers. A run ends at max_iters or when its wall-clock budget
 (time_budget, minutes) is spent, whichever comes first (a budget given without max_iters: the budget
-alone); the LR schedule runs on the further of the two, so it completes its shape when the run ends. A budget of 5 minutes or more also buys a new GPT twice the
-context, on half as many windows a step, unless block_size or batch_size is given, and a lower peak LR,
-unless lr or optimizer is given (sizing.long_budget). Then
+alone); the LR schedule runs on the further of the two, so it completes its shape when the run ends. A
+budget of 5 minutes or more also buys a new GPT twice the context, on half as many windows a step, unless
+block_size or batch_size is given, and a lower peak LR, unless lr or optimizer is given
+(sizing.long_budget). Then
 the best checkpoint is scored on the val and test splits (metrics.score_run, what `python evaluate.py`
 runs). Under DDP, batch_size is per process and grad_accum counts micro-steps over all processes
 together, so a config trains on the same windows whatever the number of processes.
@@ -42,8 +43,8 @@ import torch
 import checkpoint
 import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
-from common import (Env, StopFlag, check_compile, fmt_time, gather_states, print0, resolve_compile, setup,
-                    teardown)
+from common import (COMPILE_MIN_BUDGET, Env, StopFlag, check_compile, fmt_time, gather_states, graphs_key,
+                    mark_graphs_cached, print0, resolve_compile, setup, teardown)
 from configurator import UserError, cli, given_keys, load_config, replace
 from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
@@ -110,7 +111,7 @@ class TrainConfig(OptimConfig):
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 where the device has it, else fp32)
-    compile: bool | None = None  # torch.compile the model; None = auto: on for CUDA, and on a CPU for time_budget >= 5
+    compile: bool | None = None  # torch.compile; None = auto: CUDA, and a CPU for time_budget >= 5 (>= 1 if cached)
     seed: int = 1337
 
     def validate(self):
@@ -158,6 +159,7 @@ class State:
     it_log: int = 0
     tokens_log: int = 0
     exact: tuple = None  # eval_file's (template, conversations), scored by greedy exact match at each evaluation
+    graphs: str = ""  # compiled: the key of its graphs (common.graphs_key), marked cached once they are built
     wandb: object = None
 
     def elapsed(self):
@@ -188,12 +190,16 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     batches = Batches(train_data, cfg.block_size, cfg.batch_size, cfg.seed, micro * env.world, env.rank, env.world)
     if cfg.compile:
         check_compile(env.device)
-    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, cfg.time_budget) else raw
+    graphs = graphs_key(model=cfg.model, args=model_args(cfg, meta["vocab_size"]),
+                        batch=(cfg.batch_size, cfg.block_size), dtype=env.dtype, device=env.device, world=env.world,
+                        sft=meta.get("kind") == "sft", label_smoothing=cfg.label_smoothing > 0)
+    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, cfg.time_budget, graphs) else raw
     wrapped = model
     if env.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(env.device).index] if env.device.startswith("cuda") else None)
     s = State(env, meta, raw, model, wrapped, optimizers, scaler, batches, eval_sets(cfg, train_data, val_data), micro)
+    s.graphs = graphs if model is not raw else ""
     s.t_start = s.t_log = time.time()
     if ckpt:
         restore(cfg, s, ckpt)
@@ -246,7 +252,10 @@ def announce(cfg, s):
     """The run's header line, model_summary.txt, and wandb when asked (rank 0)."""
     n_params, meta, env = s.model.num_params(), s.meta, s.env
     tokens_per_step = cfg.batch_size * s.micro_steps * env.world * cfg.block_size
-    compiled = " compiled (its first steps compile)" if s.eval_model is not s.model else ""
+    compiled = ""
+    if s.eval_model is not s.model:
+        warm = cfg.compile is None and env.device == "cpu" and cfg.time_budget < COMPILE_MIN_BUDGET
+        compiled = " compiled (its graphs are in Inductor's cache)" if warm else " compiled (its first steps compile)"
     print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
            f"vocab {meta['vocab_size']}) | device {env.device} {env.dtype}{compiled}"
            f"{f' x{env.world} processes' if env.world > 1 else ''} | {tokens_per_step:,} tokens/step | "
@@ -290,6 +299,7 @@ def train(cfg):
     control = torch.distributed.new_group(backend="gloo") if env.world > 1 and env.device.startswith("cuda") else None
     bad_step = torch.full((), -1, dtype=torch.long, device=env.device)  # first step whose loss was nan/inf, else -1
     stop = StopFlag()
+    start_it = s.it
     while True:
         elapsed, stopping = shared_clock(s.elapsed(), stop.requested, env.world, control)
         progress = progress_of(s.it, elapsed, cfg)
@@ -312,6 +322,8 @@ def train(cfg):
         if s.it % cfg.log_interval == 0:
             log_step(cfg, s, loss_sum, bad_step, lr)
     stop.restore()
+    if s.graphs and s.it > start_it:  # a step and the evaluations compiled: the next short run compiles too
+        mark_graphs_cached(s.graphs)
     s.train_model = control = None  # they hold process groups: dropped, destroy_process_group ends gloo's threads
     return finish(cfg, s)
 

@@ -330,19 +330,34 @@ def test_a_budget_given_without_max_iters_alone_ends_the_run(capsys):
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("flag, device, budget, cxx, compiles", [
-    (None, "cpu", 0, True, False),        # no budget: the run's length is unknown
-    (None, "cpu", 2.5, True, False),      # the quickstart: compiling would cost more than it saves
-    (None, "cpu", 5, True, True),         # COMPILE_MIN_BUDGET minutes or more
-    (None, "cpu", 30, False, False),      # Inductor cannot build CPU kernels here
-    (None, "mps", 30, True, False),
-    (None, "cuda", 0, False, True),
-    (False, "cpu", 30, True, False),      # an explicit flag always wins
-    (True, "cpu", 0, False, True),
+@pytest.mark.parametrize("flag, device, budget, cxx, warm, compiles", [
+    (None, "cpu", 0, True, True, False),     # no budget: the run's length is unknown
+    (None, "cpu", 2.5, True, False, False),  # the quickstart: compiling would cost more than it saves
+    (None, "cpu", 2.5, True, True, True),    # ... unless an earlier run left its graphs in Inductor's cache
+    (None, "cpu", 0.5, True, True, False),   # under COMPILE_WARM_MIN_BUDGET even a warm compile is not worth it
+    (None, "cpu", 5, True, False, True),     # COMPILE_MIN_BUDGET minutes or more
+    (None, "cpu", 30, False, True, False),   # Inductor cannot build CPU kernels here
+    (None, "mps", 30, True, True, False),
+    (None, "cuda", 0, False, False, True),
+    (False, "cpu", 30, True, True, False),   # an explicit flag always wins
+    (True, "cpu", 0, False, False, True),
 ])
-def test_auto_compile_on_a_cpu_waits_for_a_long_budget(monkeypatch, flag, device, budget, cxx, compiles):
+def test_auto_compile_on_a_cpu_waits_for_a_long_budget_or_a_warm_cache(monkeypatch, flag, device, budget, cxx, warm,
+                                                                        compiles):
     monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: cxx)
-    assert common.resolve_compile(flag, device, budget) is compiles
+    monkeypatch.setattr(common, "graphs_cached", lambda key: warm and key == "k")
+    assert common.resolve_compile(flag, device, budget, "k") is compiles
+
+
+def test_the_graphs_key_names_what_decides_the_compiled_graphs(monkeypatch):
+    shape = dict(args={"n_layer": 2, "n_embd": 32}, batch=(8, 32), dtype="bfloat16")
+    key = common.graphs_key(**shape)
+    assert common.graphs_key(**shape) == key and len(key) == 24
+    assert common.graphs_key(**{**shape, "batch": (4, 32)}) != key
+    assert common.graphs_key(**{**shape, "args": {"n_layer": 2, "n_embd": 64}}) != key
+    other = torch.get_num_threads() + 1
+    monkeypatch.setattr(common.torch, "get_num_threads", lambda: other)  # kernels built for another thread count
+    assert common.graphs_key(**shape) != key
 
 
 def test_cpu_kernels_need_a_compiler_and_pythons_headers(monkeypatch, tmp_path):
@@ -355,15 +370,29 @@ def test_cpu_kernels_need_a_compiler_and_pythons_headers(monkeypatch, tmp_path):
     assert not common.cpu_kernels_buildable()  # no compiler
 
 
-def test_a_cpu_run_with_a_long_budget_compiles_by_default(corpus, tmp_path, monkeypatch, capsys):
+def test_a_cpu_run_compiles_by_default_for_a_long_budget_and_then_for_a_short_one_of_its_shape(
+        corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the machine's own cache
     compile_ = torch.compile
     calls = []
     monkeypatch.setattr(train.torch, "compile", lambda m: calls.append(m) or compile_(m, backend="eager"))
     monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: True)  # wherever this runs
-    run_small(corpus, tmp_path / "long", "--max_iters=2", "--eval_interval=2", f"--time_budget={common.COMPILE_MIN_BUDGET}")
-    assert len(calls) == 1 and " compiled" in capsys.readouterr().out
-    run_small(corpus, tmp_path / "short", "--max_iters=2", "--eval_interval=2", "--time_budget=1")
-    assert len(calls) == 1 and " compiled" not in capsys.readouterr().out
+
+    def compiled(name, *extra):
+        before = len(calls)
+        run_small(corpus, tmp_path / name, "--max_iters=2", "--eval_interval=2", *extra)
+        out = capsys.readouterr().out
+        assert (" compiled" in out) == (len(calls) > before)
+        return len(calls) > before, out
+
+    assert not compiled("short", "--time_budget=1")[0]  # nothing compiled this shape yet
+    assert compiled("long", f"--time_budget={common.COMPILE_MIN_BUDGET}")[0]
+    assert len(os.listdir(tmp_path / "inductor" / "lm-graphs")) == 1  # the long run's graphs are marked cached
+    now, out = compiled("short_again", "--time_budget=1")
+    assert now and "its graphs are in Inductor's cache" in out
+    assert not compiled("other_shape", "--time_budget=1", "--batch_size=4")[0]
+    assert not compiled("under_a_minute", f"--time_budget={common.COMPILE_WARM_MIN_BUDGET / 2}")[0]
+    assert not compiled("no_budget")[0]
 
 
 def test_compile_true_where_no_cpu_kernels_can_be_built_is_one_line(corpus, tmp_path, monkeypatch):
