@@ -104,23 +104,27 @@ def graphs_key(**shape):
 def _graphs_marker(key):
     """The file that says a compiled run built the graphs `key`: in Inductor's cache folder itself, so it goes
     when the cache goes (a new machine, a cleaned /tmp, TORCHINDUCTOR_CACHE_DIR pointed elsewhere)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    from torch._inductor.runtime.cache_dir_utils import cache_dir  # (it creates the folder)
     return os.path.join(cache_dir(), "lm-graphs", key)
 
 
 def graphs_cached(key):
     """Whether a compiled run on this machine built the graphs `key` (mark_graphs_cached), so compiling them
-    again reads them from Inductor's cache."""
-    return bool(key) and os.path.exists(_graphs_marker(key))
+    again reads them from Inductor's cache. A cache folder that cannot be made or read: no."""
+    try:
+        return bool(key) and os.path.exists(_graphs_marker(key))
+    except (ImportError, OSError):
+        return False
 
 
 def mark_graphs_cached(key):
     """Record that this run's compiled graphs `key` are in Inductor's cache (after it trained and evaluated).
-    A marker that cannot be written only costs a later short run its compile."""
+    A mark that cannot be written only costs a later short run its compile."""
     try:
-        os.makedirs(os.path.dirname(_graphs_marker(key)), exist_ok=True)
-        open(_graphs_marker(key), "w").close()
-    except OSError:
+        path = _graphs_marker(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+    except (ImportError, OSError):
         pass
 
 

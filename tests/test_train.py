@@ -360,6 +360,15 @@ def test_the_graphs_key_names_what_decides_the_compiled_graphs(monkeypatch):
     assert common.graphs_key(**shape) != key
 
 
+def test_a_cache_folder_that_cannot_be_made_is_a_cold_cache_not_an_error(monkeypatch, tmp_path):
+    import torch._inductor.runtime.cache_dir_utils  # noqa: F401  (first imported with a folder that works: an import
+    # that fails half-way would leave torch.compile broken for the rest of this process)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "file" / "inductor"))  # under a file
+    common.mark_graphs_cached("k")
+    assert not common.graphs_cached("k")
+
+
 def test_cpu_kernels_need_a_compiler_and_pythons_headers(monkeypatch, tmp_path):
     monkeypatch.setattr(common.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang++" else None)
     monkeypatch.setattr(common.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
