@@ -28,7 +28,7 @@ import torch
 
 import hf
 from common import print0
-from configurator import UserError, given_keys
+from configurator import UserError, given_keys, replace
 from dataloader import load_meta
 from model import build_model, config_fields, load_model, size_gated_mlp
 
@@ -163,7 +163,7 @@ def start(cfg):
         changed = {k: v for k, v in shape.items() if getattr(cfg, k, v) != v}
         if changed:
             print0(f"fine-tuning keeps the checkpoint's shape: {', '.join(f'{k}={v}' for k, v in changed.items())}")
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in shape.items() if hasattr(cfg, k)})
+        cfg = replace(cfg, **{k: v for k, v in shape.items() if hasattr(cfg, k)})  # (the given keys kept)
     data_dir = os.path.join(cfg.data_dir, cfg.dataset)
     check_same_tokenizer(ckpt, load_meta(data_dir), data_dir)
     return cfg, ckpt

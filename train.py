@@ -43,7 +43,7 @@ import torch
 import checkpoint
 import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
-from common import (COMPILE_MIN_BUDGET, Env, StopFlag, check_compile, fmt_time, gather_states, graphs_key,
+from common import (Env, StopFlag, check_compile, fmt_time, gather_states, graphs_cached, graphs_key,
                     mark_graphs_cached, print0, resolve_compile, setup, teardown)
 from configurator import UserError, cli, given_keys, load_config, replace
 from chat import Template, read_examples
@@ -253,9 +253,9 @@ def announce(cfg, s):
     n_params, meta, env = s.model.num_params(), s.meta, s.env
     tokens_per_step = cfg.batch_size * s.micro_steps * env.world * cfg.block_size
     compiled = ""
-    if s.eval_model is not s.model:
-        warm = cfg.compile is None and env.device == "cpu" and cfg.time_budget < COMPILE_MIN_BUDGET
-        compiled = " compiled (its graphs are in Inductor's cache)" if warm else " compiled (its first steps compile)"
+    if s.graphs:  # compiled
+        why = "its graphs are in Inductor's cache" if graphs_cached(s.graphs) else "its first steps compile"
+        compiled = f" compiled ({why})"
     print0(f"{cfg.model}: {n_params / 1e6:.2f}M parameters | {meta['dataset']} ({meta['tokenizer']}, "
            f"vocab {meta['vocab_size']}) | device {env.device} {env.dtype}{compiled}"
            f"{f' x{env.world} processes' if env.world > 1 else ''} | {tokens_per_step:,} tokens/step | "
@@ -278,8 +278,8 @@ def train(cfg):
     sizing.check(cfg)
     env = setup(cfg.device, cfg.dtype)
     micro = micro_steps(cfg, env)
-    cfg = budget_alone(cfg)
     cfg, ckpt = checkpoint.start(cfg)  # resume: the run's own config; fine-tune: the checkpoint's shape
+    cfg = budget_alone(cfg)
     meta, train_data, val_data = open_train_val(os.path.join(cfg.data_dir, cfg.dataset), cfg.block_size)
     probe_s = 0.0
     if ckpt is None:  # a new model: the context and LR for the budget (where not given), then its size if asked

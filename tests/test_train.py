@@ -330,6 +330,15 @@ def test_a_budget_given_without_max_iters_alone_ends_the_run(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_fine_tune_keeps_the_record_of_given_keys_so_a_given_max_iters_still_caps_its_budget(corpus, tmp_path):
+    run_small(corpus, tmp_path / "base", "--max_iters=2", "--eval_interval=2")
+    for extra, cap in ((["--max_iters=3"], 3), ([], 0)):
+        cfg = cfg_of(*small_flags(corpus, tmp_path / f"tune{cap}", f"--init_from={tmp_path / 'base'}",
+                                  "--time_budget=10", *extra))
+        cfg, ckpt = checkpoint.start(cfg)
+        assert ckpt is not None and train.budget_alone(cfg).max_iters == cap
+
+
 @pytest.mark.parametrize("flag, device, budget, cxx, warm, compiles", [
     (None, "cpu", 0, True, True, False),     # no budget: the run's length is unknown
     (None, "cpu", 2.5, True, False, False),  # the quickstart: compiling would cost more than it saves
