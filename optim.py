@@ -75,6 +75,9 @@ class OptimConfig:
             (0 < self.cycle_rise <= 0.5, f"cycle_rise must be in (0, 0.5], not {self.cycle_rise}"),
             (0 < self.step_every and 0 < self.step_gamma <= 1, "step_every must be > 0 and step_gamma in (0, 1]"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), not {self.label_smoothing}"),
+            (self.max_iters >= 0 and self.time_budget >= 0,
+             f"max_iters and time_budget must be >= 0 (0 = no cap, no budget), "
+             f"not {self.max_iters} and {self.time_budget:g}"),
             (self.max_iters > 0 or self.time_budget > 0, "set max_iters or time_budget (minutes) > 0"),
         ]
         for ok, msg in checks:

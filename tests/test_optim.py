@@ -195,6 +195,8 @@ def test_muon_without_hidden_matrices_is_a_user_error():
     (["--decay_shape=cosine"], "decay_shape must be one of linear, sqrt"),
     (["--optimizer=lion"], "optimizer must be one of muon, adamw, sgd"),
     (["--muon_momentum=1.0"], "muon_momentum in"),
+    (["--max_iters=-1", "--time_budget=1"], r"max_iters and time_budget must be >= 0 .* not -1 and 1"),
+    (["--time_budget=-2"], r"max_iters and time_budget must be >= 0 .* not 2000 and -2"),
 ])
 def test_bad_recipe_settings_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
