@@ -69,7 +69,8 @@ class OptimConfig:
             (self.decay_shape in DECAY_SHAPES,
              f"decay_shape must be one of {', '.join(DECAY_SHAPES)}, not '{self.decay_shape}'"),
             (self.muon_lr_scale > 0 and 0 <= self.muon_momentum < 1,
-             "muon_lr_scale must be > 0 and muon_momentum in [0, 1)"),
+             f"muon_lr_scale must be > 0 and muon_momentum in [0, 1), not {self.muon_lr_scale:g} and "
+             f"{self.muon_momentum:g}"),
             (self.lr > 0 and self.min_lr >= 0 and self.cycle_div >= 1 and self.cycle_final_div >= 1,
              "lr must be > 0, min_lr >= 0, cycle_div and cycle_final_div >= 1"),
             (0 < self.cycle_rise <= 0.5, f"cycle_rise must be in (0, 0.5], not {self.cycle_rise}"),
