@@ -58,21 +58,20 @@ def fake_choice(monkeypatch, budget, unique, speed):
 
 @FEW
 @given(budget=st.floats(1, 300), unique=st.integers(10_000, 10**9), speed=st.floats(1e6, 1e9))
-def test_the_choice_is_the_rung_nearest_the_ratio_that_does_not_repeat_the_data_too_often(budget, unique, speed):
+def test_the_choice_is_the_rung_nearest_the_ratio(budget, unique, speed):
     with pytest.MonkeyPatch.context() as m:
         chosen, every, probed = fake_choice(m, budget, unique, speed)
     ratio = lambda d: every[d][0] / every[d][1]
-    allowed = [d for d in every if every[d][0] <= sizing.MAX_EPOCHS * unique] or [max(every)]
-    best = min(allowed, key=lambda d: abs(math.log(ratio(d) / sizing.TOKENS_PER_PARAM)))
+    best = min(every, key=lambda d: abs(math.log(ratio(d) / sizing.TOKENS_PER_PARAM)))
     assert chosen == best
     assert len(probed) <= abs(chosen - 4) + 2  # the probe climbs (or descends) from 4 x 128 as far as it must
 
 
-def test_a_bigger_budget_buys_a_bigger_model_and_a_small_corpus_a_bigger_one_still(monkeypatch):
+def test_a_bigger_budget_buys_a_bigger_model_and_a_small_corpus_the_same_one(monkeypatch):
     sizes = [fake_choice(monkeypatch, b, 10**9, 3e8)[0] for b in (2, 10, 30, 120)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    few = fake_choice(monkeypatch, 30, 200_000, 3e8)  # 30 minutes of a 200k-token corpus: at most 4 passes
-    assert few[0] > sizes[2] and few[1][few[0]][0] <= sizing.MAX_EPOCHS * 200_000
+    few = fake_choice(monkeypatch, 30, 200_000, 3e8)  # 30 minutes of a 200k-token corpus: read many times over
+    assert few[0] == sizes[2] and few[1][few[0]][0] > 10 * 200_000
 
 
 @pytest.mark.slow
