@@ -6,10 +6,9 @@ HEAD_DIM): 4 x 128, the fixed default, is one rung. A short throughput probe tim
 of a rung on this machine, as the run will take them (same batch, dtype, optimizers), and predicts the
 tokens the budget buys at that size. The rule then picks the rung whose tokens per block parameter come
 nearest TOKENS_PER_PARAM, the ratio fitted on pycode (README, "A model sized to the budget"). A bigger
-budget buys a bigger model; a small corpus does not (a cap of 4 passes over the data once made the rule
-climb to a model that repeats it less; with weight decay 0.5 the 4 x 128 model, reading WikiText-2 8 to
-24 times, scored lower than the bigger one in all four pairs measured: README). The probe climbs from
-the default rung only as far as the choice needs, and
+budget buys a bigger model; a small corpus read many times over does not (with weight decay 0.5,
+repeating it costs less than a bigger model's fewer steps: README, "A small corpus does not want a
+bigger model"). The probe climbs from the default rung only as far as the choice needs, and
 its seconds count in the budget (the run's clock starts with them). It times eager steps even where the
 run then compiles (compile=None does on a CPU for a budget of 5 minutes or more, or a shorter one whose
 graphs Inductor's cache holds): compiling every probed size would cost more than the probe, so a
