@@ -155,7 +155,8 @@ def start(cfg):
     ckpt = _find(cfg)
     stored = model_from_checkpoint(ckpt, check_only=True).cfg  # the weights fit, before anything is written
     kind = ckpt["model_kind"]  # (stored: every field of the model's config, defaults filling in what args omit)
-    shape = {k: getattr(stored, k) for k in config_fields(kind) if k != "vocab_size" and (resume or k != "dropout")}
+    shape = {k: getattr(stored, k) for k in config_fields(kind)
+             if k != "vocab_size" and (resume or k not in ("dropout", "attn_dropout"))}  # (fine-tuning sets its own)
     shape = {**shape, "model": kind}
     if resume:
         cfg = _resumed_config(cfg, ckpt, shape)

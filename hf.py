@@ -248,7 +248,7 @@ def export_plan(kind, args, meta):
 
 def unknown_options(args):
     """Options this file does not know, unless they have GPTConfig's default value."""
-    known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio",
+    known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "bias", "mlp_ratio",
              "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation", "mlp_hidden", "head_dim",
              "qkv_bias", "norm_eps", "rope_theta", "rope_scaling",
              "zero_init"}  # (zero_init only sets the starting weights)
@@ -286,7 +286,7 @@ def hf_config(model, meta):
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
             "n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
             "n_inner": model.blocks[0].mlp.fc.out_features, "activation_function": TO_HF_ACTIVATION[cfg.activation],
-            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout,
             "layer_norm_epsilon": LAYER_NORM_EPS, "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_weights,
             "bos_token_id": meta.get("eot_token"), "eos_token_id": meta.get("eot_token"), "use_cache": True}
 

@@ -48,7 +48,8 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings, every residual branch's output and the attention weights...
+    attn_dropout: float | None = None  # ...but these at this rate, if given (GPT-2's attn_pdrop; None = dropout)
     bias: bool = True
     pos_emb: str = "learned"  # learned | sinusoidal | rope
     n_kv_head: int = 0  # key/value heads: 0 = n_head (standard), 1 = multi-query, else grouped-query
@@ -66,6 +67,9 @@ class GPTConfig:
     rope_scaling: str = ""  # Llama 3's frequency scaling "factor,low_freq_factor,high_freq_factor,original_context"
 
     def __post_init__(self):
+        if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
+            raise UserError(f"dropout and attn_dropout must be in [0, 1), not {self.dropout:g} and "
+                            f"{self.attention_dropout:g}")
         if self.n_embd % self.n_head and not self.head_dim:
             raise UserError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if self.pos_emb not in POS_EMBS:
@@ -81,6 +85,10 @@ class GPTConfig:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, not '{self.norm}'")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not '{self.activation}'")
+
+    @property
+    def attention_dropout(self):
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def kv_heads(self):
@@ -205,7 +213,8 @@ def causal_attention(q, k, v, dropout, gqa):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
-        self.n_head, self.n_kv_head, self.layer, self.dropout = cfg.n_head, cfg.kv_heads, layer, cfg.dropout
+        self.n_head, self.n_kv_head, self.layer = cfg.n_head, cfg.kv_heads, layer
+        self.dropout = cfg.attention_dropout
         self.hs = cfg.hs
         # queries for every head, then keys and values for the n_kv_head shared heads
         self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.hs, bias=cfg.bias or cfg.qkv_bias)

@@ -73,11 +73,12 @@ class TrainConfig(OptimConfig):
     n_embd: int = 128
     block_size: int = 128  # tokens of context (256 for a new GPT with time_budget >= 5 unless given: sizing.py)
     dropout: float = 0.0
+    attn_dropout: float | None = None  # gpt: on the attention weights; None = dropout (costly on a CPU)
     bias: bool = RECIPE_ARCH["bias"]  # gpt: biases in the linear layers and LayerNorms (GPT-2 has them)
     pos_emb: str = RECIPE_ARCH["pos_emb"]  # gpt: learned (GPT-2) | sinusoidal | rope
     n_kv_head: int = 0  # gpt: key/value heads; 0 = n_head, 1 = multi-query, else grouped-query
     mlp_ratio: float = 4.0  # gpt: MLP width / n_embd
-    auto_size: bool = False  # gpt: n_layer/n_embd/n_head chosen for time_budget on this machine (sizing.py)
+    auto_size: bool = False  # gpt: n_layer/n_embd/n_head (and dropout) chosen for time_budget here (sizing.py)
     n_hidden: int = 512  # lstm/gru: units per layer
     tie_weights: bool = RECIPE_ARCH["tie_weights"]  # the output layer shares the embedding (lstm/gru: via a projection)
     norm: str = RECIPE_ARCH["norm"]  # gpt: layernorm (GPT-2) | rmsnorm
@@ -126,6 +127,9 @@ class TrainConfig(OptimConfig):
             (min(self.batch_size, self.grad_accum, self.block_size, self.eval_iters) > 0,
              "batch_size, grad_accum, block_size and eval_iters must be positive"),
             (self.eval_interval > 0 and self.log_interval > 0, "eval_interval and log_interval must be positive"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout:g}"),
+            (self.attn_dropout is None or 0 <= self.attn_dropout < 1,
+             f"attn_dropout must be in [0, 1) (or None: dropout's), not {self.attn_dropout}"),
             (self.model != "gpt" or self.n_embd % self.n_head == 0,
              f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}"),
         ]

@@ -172,7 +172,7 @@ def test_fine_tune_gpt2_weights_then_sample(gpt2_dir, gpt2_data, tmp_path, monke
 # ----------------------------------------------------------------------------- export
 
 @pytest.mark.parametrize("options", [[], ["--bias=False", "--tie_weights=False", "--activation=gelu_tanh",
-                                          "--mlp_ratio=3", "--dropout=0.1"],
+                                          "--mlp_ratio=3", "--dropout=0.1", "--attn_dropout=0.0"],
                                      ["--activation=relu2", "--zero_init=True", "--tie_weights=False"]])
 def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, options, capsys, monkeypatch):
     run = tmp_path / "run"
@@ -186,6 +186,8 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
     ours = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(run / "ckpt.pt")).eval()
     theirs = transformers.AutoModelForCausalLM.from_pretrained(to).eval()
     assert isinstance(theirs, transformers.GPT2LMHeadModel)
+    pdrop = (theirs.config.resid_pdrop, theirs.config.embd_pdrop, theirs.config.attn_pdrop)
+    assert pdrop == ((0.1, 0.1, 0.0) if "--dropout=0.1" in options else (0.0, 0.0, 0.0))
     assert (theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()) == (not options)
     idx = torch.randint(hf.GPT2_VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -195,7 +197,9 @@ def test_export_loads_in_transformers_with_the_same_logits(gpt2_data, tmp_path, 
     assert transformers.AutoTokenizer.from_pretrained(to).encode(text) == tokenizer.Tokenizer("gpt2").encode(text)
     again = checkpoint.model_from_checkpoint(hf.load_pretrained(f"hf:{to}", dropout=ours.cfg.dropout)).eval()  # back in
     # bias=False came back as zero biases; zero_init only set the starting weights, which the file does not record
-    assert dataclasses.replace(again.cfg, bias=ours.cfg.bias, zero_init=ours.cfg.zero_init) == ours.cfg
+    # (and the dropout on attention is fine-tuning's to choose, as the dropout is: it follows dropout)
+    assert dataclasses.replace(again.cfg, bias=ours.cfg.bias, zero_init=ours.cfg.zero_init,
+                               attn_dropout=ours.cfg.attn_dropout) == ours.cfg
     with torch.no_grad():
         assert torch.allclose(again(idx)[0], ours(idx)[0], rtol=0, atol=1e-6)
 

@@ -237,13 +237,38 @@ def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
     assert norm(x.bfloat16()).dtype == torch.bfloat16
 
 
+def test_attention_dropout_follows_dropout_unless_given():
+    """attn_dropout alone drops attention weights (training forwards differ, evaluation ones do not); at 0 the
+    attention is exact while dropout still drops the residual branches; left out, it is dropout."""
+    x = torch.randint(TINY_GPT_4H["vocab_size"], (2, 12))
+
+    def forwards(**drop):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**{**TINY_GPT_4H, **drop}))  # (TINY_GPT_4H: dropout 0)
+        model.train()
+        a, b = model(x)[0], model(x)[0]
+        model.eval()
+        return model, torch.equal(a, b), torch.equal(model(x)[0], model(x)[0])
+
+    model, same, evaluated = forwards(attn_dropout=0.5)
+    assert not same and evaluated and all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    model, same, _ = forwards(attn_dropout=0.0)
+    assert same
+    model, same, _ = forwards(dropout=0.5, attn_dropout=0.0)
+    assert not same and {b.attn.dropout for b in model.blocks} == {0.0}
+    model, _, _ = forwards(dropout=0.5)
+    assert {b.attn.dropout for b in model.blocks} == {0.5}
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("norm", "batchnorm", "norm must be one of layernorm, rmsnorm"),
     ("activation", "swish", "activation must be one of gelu"),
+    ("dropout", 1.0, "dropout and attn_dropout must be in"),
+    ("attn_dropout", -0.1, "dropout and attn_dropout must be in"),
 ])
 def test_bad_model_options_are_user_errors(key, value, message):
     with pytest.raises(UserError, match=message):
-        GPTConfig(**TINY_GPT_4H, **{key: value})
+        GPTConfig(**{**TINY_GPT_4H, key: value})
 
 
 
