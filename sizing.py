@@ -12,7 +12,8 @@ bigger model"). The probe climbs from the default rung only as far as the choice
 its seconds count in the budget (the run's clock starts with them). It times eager steps even where the
 run then compiles (compile=None does on a CPU for a budget of 5 minutes or more, or a shorter one whose
 graphs Inductor's cache holds): compiling every probed size would cost more than the probe, so a
-compiled run sees more tokens per parameter than the rule aims at.
+compiled run sees more tokens per parameter than the rule aims at. Where the chosen size will read its
+training data more than DROPOUT_PASSES times, it trains with dropout (`small_corpus`).
 
 Explicit shapes win: a shape key given in a config file or flag (n_layer, n_embd, n_head) keeps its value
 and the probe chooses among the rungs that fit it (a given width: the depths; a given depth: the
@@ -47,6 +48,8 @@ SHAPE_KEYS = ("n_layer", "n_embd", "n_head")
 LONG_BUDGET = 5.0  # minutes: a run with at least this time_budget trains on longer windows...
 LONG_CONTEXT = 256  # ...of this many tokens, fewer of them per batch (the same tokens a step)...
 LONG_LR = 3e-3  # ...at this peak LR
+DROPOUT_PASSES = 8.0  # a chosen size that will read the training data more than this many times (as probed)...
+DROPOUT = 0.1  # ...trains with this dropout, none on the attention weights (README, "Dropout for a small corpus")
 
 
 def check(cfg):
@@ -146,10 +149,11 @@ def choose(cfg, env, vocab_size, data):
     best = i  # the rung below it may sit nearer the ratio
     if i > 0 and (i - 1) in seen:
         best = min((i - 1, i), key=lambda j: abs(math.log(seen[j][2] / seen[j][1] / TOKENS_PER_PARAM)))
+    passes = seen[best][2] / unique
     if env.world > 1:
-        box = [best]
+        box = [best, passes]
         torch.distributed.broadcast_object_list(box, src=0)
-        best = box[0]  # (another rank prints nothing: what it probed need not include it)
+        best, passes = box  # (another rank prints nothing: what it probed need not include it)
     spent = time.time() - t0
     for j in sorted(seen):
         rate, params, tokens = seen[j]
@@ -158,7 +162,21 @@ def choose(cfg, env, vocab_size, data):
                f"{' <- chosen' if j == best else ''}")
     print0(f"auto_size: chose {rungs[best][0]} x {rungs[best][1]}, {rungs[best][2]} heads: the size whose tokens per "
            f"param come nearest {TOKENS_PER_PARAM:g} (probe {spent:.1f} s, counted in the budget)")
-    return sized(rungs[best]), spent
+    return small_corpus(sized(rungs[best]), passes), spent
+
+
+def small_corpus(cfg, passes):
+    """cfg with dropout where the chosen size will read its training data more than DROPOUT_PASSES times:
+    DROPOUT on the embeddings and the residual branches, none on the attention weights (on a CPU the fused
+    attention kernel has no dropout, and the step without it is far faster), each unless given. Fewer passes
+    train better without (README, "Dropout for a small corpus")."""
+    given = given_keys(cfg)
+    if passes <= DROPOUT_PASSES or "dropout" in given:
+        return cfg
+    changes = {"dropout": DROPOUT, **({} if "attn_dropout" in given else {"attn_dropout": 0.0})}
+    print0(f"auto_size: {', '.join(f'{k}={v:g}' for k, v in changes.items())}: the chosen size reads its training data "
+           f"{passes:.1f} times in the budget, more than {DROPOUT_PASSES:g}; --dropout chooses it")
+    return replace(cfg, **changes)
 
 
 def long_budget(cfg, meta, splits):

@@ -1,6 +1,7 @@
 """sizing.py: the ladder of sizes and the shape keys a user gives, the choice the rule makes from the probe's
-rates (with a fake probe: any rates, any budget, any corpus size), an auto-sized run end to end (and its
-resume), the one-line errors, and the context and LR a long budget buys (alone and in a run)."""
+rates (with a fake probe: any rates, any budget, any corpus size), the dropout a small corpus read many times
+gets, an auto-sized run end to end (and its resume), the one-line errors, and the context and LR a long
+budget buys (alone and in a run)."""
 import functools
 import json
 import math
@@ -41,7 +42,7 @@ def params_of(rung):
 
 def fake_choice(monkeypatch, budget, unique, speed):
     """sizing.choose on a fake probe whose tokens/s fall as 1 / params^0.8 (bigger matrices run a little more
-    efficiently); returns (the chosen n_layer, {n_layer: (tokens the budget buys, block params)})."""
+    efficiently); returns (the chosen config, {n_layer: (tokens the budget buys, block params)}, the rates)."""
     cfg = cfg_of("--auto_size=True", f"--time_budget={budget}")
     rates = {}
 
@@ -53,7 +54,7 @@ def fake_choice(monkeypatch, budget, unique, speed):
     chosen, spent = sizing.choose(cfg, CPU, 100, np.zeros(unique, dtype=np.uint16))
     assert spent == 0 and (chosen.n_embd, chosen.n_head) == (32 * chosen.n_layer, chosen.n_layer)
     every = {r[0]: (speed / params_of(r) ** 0.8 * budget * 60, params_of(r)) for r in sizing.ladder(cfg)}
-    return chosen.n_layer, every, rates
+    return chosen, every, rates
 
 
 @FEW
@@ -63,15 +64,30 @@ def test_the_choice_is_the_rung_nearest_the_ratio(budget, unique, speed):
         chosen, every, probed = fake_choice(m, budget, unique, speed)
     ratio = lambda d: every[d][0] / every[d][1]
     best = min(every, key=lambda d: abs(math.log(ratio(d) / sizing.TOKENS_PER_PARAM)))
-    assert chosen == best
-    assert len(probed) <= abs(chosen - 4) + 2  # the probe climbs (or descends) from 4 x 128 as far as it must
+    assert chosen.n_layer == best
+    assert len(probed) <= abs(chosen.n_layer - 4) + 2  # the probe climbs (or descends) from 4 x 128 as far as it must
 
 
 def test_a_bigger_budget_buys_a_bigger_model_and_a_small_corpus_the_same_one(monkeypatch):
-    sizes = [fake_choice(monkeypatch, b, 10**9, 3e8)[0] for b in (2, 10, 30, 120)]
+    sizes = [fake_choice(monkeypatch, b, 10**9, 3e8)[0].n_layer for b in (2, 10, 30, 120)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    few = fake_choice(monkeypatch, 30, 200_000, 3e8)  # 30 minutes of a 200k-token corpus: read many times over
-    assert few[0] == sizes[2] and few[1][few[0]][0] > 10 * 200_000
+    few, every, _ = fake_choice(monkeypatch, 30, 200_000, 3e8)  # 30 minutes of a 200k-token corpus: read many times
+    assert few.n_layer == sizes[2] and every[few.n_layer][0] > 10 * 200_000
+
+
+def test_a_small_corpus_read_many_times_gets_dropout_but_not_on_attention_unless_given(monkeypatch, capsys):
+    few, every, _ = fake_choice(monkeypatch, 30, 200_000, 3e8)  # read many times over: dropout
+    assert every[few.n_layer][0] / 200_000 > sizing.DROPOUT_PASSES
+    assert (few.dropout, few.attn_dropout) == (sizing.DROPOUT, 0.0)
+    assert "dropout=0.1, attn_dropout=0: the chosen size reads its training data" in capsys.readouterr().out
+    many, every, _ = fake_choice(monkeypatch, 30, 10**9, 3e8)  # read once: none
+    assert every[many.n_layer][0] / 10**9 < 1 and (many.dropout, many.attn_dropout) == (0.0, None)
+    cfg = cfg_of("--auto_size=True", "--time_budget=30")
+    assert sizing.small_corpus(cfg, sizing.DROPOUT_PASSES) is cfg  # (the threshold itself: no more than it)
+    assert sizing.small_corpus(cfg_of("--dropout=0.2"), 100).dropout == 0.2  # a given dropout is kept...
+    assert sizing.small_corpus(cfg_of("--dropout=0.2"), 100).attn_dropout is None  # ...on attention too
+    kept = sizing.small_corpus(cfg_of("--attn_dropout=0.05"), 100)
+    assert (kept.dropout, kept.attn_dropout) == (sizing.DROPOUT, 0.05)
 
 
 @pytest.mark.slow
