@@ -117,7 +117,7 @@ def run_state(cfg, model, optimizers, scaler, batches, it, tokens, elapsed_s, be
     return {"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "model_kind": cfg.model,
             "model_args": model_args(cfg, meta["vocab_size"]), "model": model.state_dict(),
             "optimizer": [o.state_dict() for o in optimizers], "scaler": scaler.state_dict(), "iter": it,
-            "tokens": tokens, "best_val": best_val, "elapsed_s": elapsed_s, "batch_rng": [batches.gen.get_state()],
+            "tokens": tokens, "best_val": best_val, "elapsed_s": elapsed_s, "batches_drawn": batches.drawn,
             **rng, "meta": {k: v for k, v in meta.items() if k != "splits"}}
 
 

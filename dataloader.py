@@ -8,8 +8,8 @@ training and evaluation draw from them.
     x, y = batches.next()                            # (B, T) inputs and targets, int64
 
 A split is raw little-endian uint16 token ids (prepare.py writes it), or uint32 where meta.json says
-token_dtype=uint32 (vocabularies over 65,535 tokens). Batches draws random windows
-from a generator of its own, so the stream is reproducible, resumable and the same under DDP.
+token_dtype=uint32 (vocabularies over 65,535 tokens). Batches draws in epochs, each a shuffled
+tiling of the split, from its seed alone, so the stream is reproducible, resumable and the same under DDP.
 """
 import json
 from pathlib import Path
@@ -92,45 +92,67 @@ def open_train_val(data_dir, block_size):
 
 
 class Batches:
-    """Random batches of a split, drawn from a generator of their own so the stream is reproducible and
-    resumable (its state goes into the checkpoint): windows of block_size tokens of a token split, or
-    whole examples of an instruction split (Examples).
+    """Batches of a split, drawn in epochs: each epoch is a fresh order of all of the split's items, so
+    every item is trained on once before any is seen again. Items are windows of block_size tokens that
+    tile a token split from a random offset (Windows), or the whole examples of an instruction split
+    (Examples). An epoch's order comes from (seed, epoch) alone, so the stream is reproducible, and its
+    whole state is how many items were drawn (`drawn`, which goes into the checkpoint).
 
-    Every process draws the same stream: each optimizer step takes grad_accum * batch_size starts (or
-    example indices) from the shared generator, and process `rank` of `world` trains on micro-batches
-    rank*k .. rank*k+k-1 of them (k = grad_accum // world). So N processes see exactly the batches one
-    process with the same grad_accum sees, and a run resumes under any number of processes. For the step
-    drawn last, step_targets counts the tokens trained on (over every process: the loss of each
-    micro-batch is weighted by its share of them) and step_tokens the input tokens, padding left out."""
+    Every process draws the same stream: each optimizer step takes grad_accum * batch_size items, and
+    process `rank` of `world` trains on micro-batches rank*k .. rank*k+k-1 of them (k = grad_accum // world).
+    So N processes see exactly the batches one process with the same grad_accum sees, and a run resumes
+    under any number of processes. For the step drawn last, step_targets counts the tokens trained on (over
+    every process: the loss of each micro-batch is weighted by its share of them) and step_tokens the input
+    tokens, padding left out."""
 
     def __init__(self, data, block_size, batch_size, seed, grad_accum=1, rank=0, world=1):
         self.source = data if isinstance(data, Examples) else Windows(data, block_size)
-        self.batch_size = batch_size
+        self.batch_size, self.seed = batch_size, seed
         self.grad_accum, self.rank, self.per_rank = grad_accum, rank, grad_accum // world
-        self.gen = torch.Generator().manual_seed(seed)
-        self.pending = []  # this process's micro-batches (their starts or indices) left in the current step
+        self.drawn = 0  # items drawn so far, over all epochs
+        self.epoch, self.order = None, None  # the current epoch and its order of items
+        self.pending = []  # this process's micro-batches (their items) left in the current step
         self.step_targets = self.step_tokens = 0
 
     def next(self):
         if not self.pending:
-            ix = torch.randint(len(self.source), (self.grad_accum, self.batch_size), generator=self.gen).tolist()
+            ix = [self.take(self.batch_size) for _ in range(self.grad_accum)]
             self.step_targets = sum(self.source.targets(row) for row in ix)
             self.step_tokens = sum(self.source.tokens(row) for row in ix)
             self.pending = ix[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         return self.source.batch(self.pending.pop(0))
 
+    def take(self, n):
+        """The next n items of the stream (an epoch that ends mid-batch is continued by the next)."""
+        items = []
+        while len(items) < n:
+            epoch, i = divmod(self.drawn, len(self.source))
+            if epoch != self.epoch:
+                self.epoch, self.order = epoch, self.source.order(np.random.default_rng((self.seed, epoch)))
+            got = self.order[i:i + n - len(items)].tolist()
+            items += got
+            self.drawn += len(got)
+        return items
+
 
 class Windows:
-    """A token split as batches of windows: what Batches draws are window starts."""
+    """A token split as windows of block_size tokens (and their targets, one token on): each epoch tiles
+    the split with them from a random offset, so epochs see different cuts of the text."""
 
     def __init__(self, data, block_size):
         if len(data) <= block_size:
             raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
                             f"lower --block_size")
         self.data, self.block_size = data, block_size
+        self.starts = len(data) - block_size  # the starts a window can have: 0 .. starts-1
 
-    def __len__(self):  # the starts a window can have
-        return len(self.data) - self.block_size
+    def __len__(self):  # windows an epoch has
+        return max(1, self.starts // self.block_size)
+
+    def order(self, rng):
+        """One epoch's window starts: a tiling from a random offset, shuffled."""
+        offset = int(rng.integers(self.starts - (len(self) - 1) * self.block_size))
+        return offset + rng.permutation(len(self)) * self.block_size
 
     def batch(self, starts):
         return windows(self.data, starts, self.block_size)
@@ -168,6 +190,10 @@ class Examples:
 
     def __len__(self):
         return len(self.starts) - 1
+
+    def order(self, rng):
+        """One epoch's examples, shuffled."""
+        return rng.permutation(len(self))
 
     def batch(self, indices):
         """(x, y) int64 (B, L) of these examples, L the longest's length - 1 (at most block_size)."""

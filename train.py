@@ -244,7 +244,8 @@ def restore(cfg, s, ckpt):
     s.it = s.saved_at = s.it_log = ckpt["iter"]
     s.tokens, s.elapsed_before, s.best_val = ckpt["tokens"], ckpt["elapsed_s"], ckpt["best_val"]
     s.tokens_log = s.tokens
-    s.batches.gen.set_state(ckpt["batch_rng"][0])
+    per_step = s.batches.grad_accum * s.batches.batch_size  # a checkpoint made before epochs has no count: its steps' worth
+    s.batches.drawn = ckpt.get("batches_drawn", s.it * per_step)
     if s.env.rank < len(ckpt["torch_rng"]):  # resumed under more processes: the new ones keep their fresh seeds
         torch.set_rng_state(ckpt["torch_rng"][s.env.rank])
         if ckpt.get("cuda_rng") and s.env.device.startswith("cuda"):
