@@ -144,14 +144,14 @@ class Windows:
             raise UserError(f"block_size={block_size} is too long for a split of {len(data)} tokens; "
                             f"lower --block_size")
         self.data, self.block_size = data, block_size
-        self.starts = len(data) - block_size  # the starts a window can have: 0 .. starts-1
+        self.n_starts = len(data) - block_size  # a window can start at 0 .. n_starts - 1
 
     def __len__(self):  # windows an epoch has
-        return max(1, self.starts // self.block_size)
+        return max(1, self.n_starts // self.block_size)
 
     def order(self, rng):
         """One epoch's window starts: a tiling from a random offset, shuffled."""
-        offset = int(rng.integers(self.starts - (len(self) - 1) * self.block_size))
+        offset = int(rng.integers(self.n_starts - (len(self) - 1) * self.block_size))
         return offset + rng.permutation(len(self)) * self.block_size
 
     def batch(self, starts):
