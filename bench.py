@@ -64,7 +64,8 @@ PROFILE_STEPS = 40  # profile: timed steps
 EVAL_EVERY = 500  # budget: steps between evaluations, which every recipe pays for out of its budget
 # GPT-2's architecture, AdamW and a cosine schedule: train.py's recipe before the modern defaults
 GPT2_RECIPE = [f"--{k}={v}" for k, v in GPT2_ARCH.items()] + ["--optimizer=adamw", "--schedule=cosine", "--beta2=0.99",
-                                                               "--weight_decay=0.1", "--grad_clip=1.0"]
+                                                               "--weight_decay=0.1", "--decay_embeddings=True",
+                                                               "--grad_clip=1.0"]
 # train.py flags on top of TrainConfig's defaults; every recipe but auto trains the same 4 x 128 model
 RECIPES = {
     # nanoGPT's README CPU recipe (shakespeare_char on a laptop): batch 12 x 64, lr 1e-3 -> 1e-4, 100 warmup steps

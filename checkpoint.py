@@ -203,6 +203,7 @@ def _resumed_config(cfg, ckpt, shape):
     """The stored config with the keys given now on top; shape and optimizer cannot change."""
     given = given_keys(cfg)
     stored = {k: v for k, v in ckpt["config"].items() if k in {f.name for f in dataclasses.fields(cfg)}}
+    stored.setdefault("decay_embeddings", True)  # a run saved before the key decayed them (its optimizer's groups)
     fixed = {**shape, "block_size": stored["block_size"], "optimizer": stored["optimizer"]}
     clash = [k for k, v in fixed.items() if k in given and getattr(cfg, k, v) != v]
     if clash:

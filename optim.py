@@ -40,8 +40,9 @@ class OptimConfig:
     muon_lr_scale: float = 1.0  # muon: its peak LR = lr * this (its updates are scaled to AdamW's RMS)
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     normuon: bool = True  # muon: NorMuon: each output neuron's share of the update normalized by its running RMS
-    weight_decay: float = 0.5  # decoupled (lr x this per step), on the weight matrices only (not biases, norms);
-    # 0.5, not GPT-2's 0.1: a small corpus read many times over then overfits later (README, the recipe)
+    weight_decay: float = 0.5  # decoupled (lr x this per step), on the hidden weight matrices only (not biases,
+    # norms); 0.5, not GPT-2's 0.1: a small corpus read many times over then overfits later (README, the recipe)
+    decay_embeddings: bool = False  # weight decay on the embeddings and the output layer too (GPT-2's, nanoGPT's)
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
     eps: float = 1e-8  # adamw
@@ -229,7 +230,8 @@ def make_scaler(device, dtype):
 def make_optimizers(cfg, model, device):
     """The optimizers of a run, as a list (a checkpoint holds each one's state).
 
-    adamw | sgd: one optimizer; weight decay on the matrices only (not biases, norms); fused kernels.
+    adamw | sgd: one optimizer; weight decay on the hidden matrices only (not biases, norms, and not the
+    embeddings and output layer unless decay_embeddings); fused kernels.
     muon: torch.optim.Muon for the hidden weight matrices (attention, MLP, LSTM gates), AdamW for the rest
     (embeddings, output layer, norms, biases). Muon's LR is scaled as its docs' "match_rms_adamw" (Moonshot):
     its updates then have AdamW's RMS, so its peak LR is lr * muon_lr_scale with muon_lr_scale near 1.
@@ -237,9 +239,11 @@ def make_optimizers(cfg, model, device):
     fused = device.split(":")[0] in ("cuda", "cpu")
     named = list(model.named_parameters())  # a tied weight is listed once
     hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and not n.startswith(NOT_HIDDEN)]
-    rest = [p for _, p in named if not any(p is h for h in hidden)]
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    rest = [(n, p) for n, p in named if not any(p is h for h in hidden)]
+    decays = [p.dim() >= 2 and (cfg.decay_embeddings or not n.startswith(NOT_HIDDEN)) for n, p in rest]
+    groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": cfg.weight_decay},
+              {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # (a fused optimizer crashes on an empty group)
     if cfg.optimizer == "sgd":
         return [torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)]
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)

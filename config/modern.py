@@ -18,6 +18,7 @@ muon_lr_scale = 1.0
 muon_momentum = 0.95
 normuon = True
 weight_decay = 0.5
+decay_embeddings = False
 beta1 = 0.9
 beta2 = 0.99
 schedule = "wsd"

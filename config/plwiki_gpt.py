@@ -28,6 +28,7 @@ lr = 5e-4
 schedule = "constant"
 warmup_iters = 0
 weight_decay = 0.1
+decay_embeddings = True  # on every weight matrix, as nanoGPT
 beta2 = 0.999
 max_iters = 0            # no iteration cap: the 120-minute budget ends the run
 time_budget = 120.0      # minutes

@@ -7,6 +7,7 @@ init_from = "out/quickstart"
 optimizer = "adamw"
 lr = 1e-3
 weight_decay = 0.1
+decay_embeddings = True   # as bench.py sft measured it (the embeddings and head decayed too)
 schedule = "wsd"
 warmup_iters = 20
 decay_frac = 0.3

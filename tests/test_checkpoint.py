@@ -77,6 +77,19 @@ def test_resume_refuses_flags_for_another_architecture_or_optimizer(corpus, tmp_
 
 
 
+def test_a_run_saved_before_decay_embeddings_resumes_with_its_optimizer(corpus, tmp_path):
+    out = tmp_path / "run"
+    run_small_log5(corpus, out, "--max_iters=5", "--eval_interval=5", "--decay_embeddings=True")
+    for name in ("ckpt.pt", "last.pt"):  # as saved before the key, when AdamW decayed the embedding and head
+        ckpt = torch.load(out / name, weights_only=True)
+        del ckpt["config"]["decay_embeddings"]
+        torch.save(ckpt, out / name)
+    run_small_log5(corpus, out, "--max_iters=8", "--eval_interval=4", "--init_from=resume")
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["iter"] == 8 and ckpt["config"]["decay_embeddings"] is True
+    assert [len(g["params"]) for g in ckpt["optimizer"][1]["param_groups"]][0] == 2  # the embedding and head
+
+
 # ----------------------------------------------------------------------------- what a checkpoint holds
 
 def test_compiled_model_checkpoints_have_no_wrapper_prefix(corpus, tmp_path, monkeypatch):

@@ -124,6 +124,19 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert muon.param_groups[0]["lr"] == pytest.approx(2e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
+def test_weight_decay_spares_the_embeddings_and_output_layer_unless_asked():
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+
+    def decayed(*argv):
+        optimizers = optim.make_optimizers(cfg_of(*argv), model, "cpu")
+        return {names[id(p)] for o in optimizers for g in o.param_groups if g["weight_decay"] for p in g["params"]}
+    for opt in ("muon", "adamw"):
+        assert decayed(f"--optimizer={opt}") == hidden
+        assert decayed(f"--optimizer={opt}", "--decay_embeddings=True") == hidden | {"wte.weight", "lm_head.weight"}
+
+
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov):
     """optim.Muon batches same-shape matrices (two layers here, tall, wide and square ones): the parameters
