@@ -4,8 +4,8 @@
 # The recipe is TrainConfig's defaults, the one that bought the lowest loss in 1.5-10 CPU minutes
 # (`python bench.py budget` measures it against nanoGPT's): a 4 x 128 GPT with RoPE, RMSNorm, QK-norm,
 # SwiGLU, zero-initialized projections and an untied head; Muon for the hidden matrices and AdamW for the
-# rest at lr 4e-3, weight decay 0.5; batches of 16 x 128 characters; warmup, then a flat LR decaying to 0
-# over the last half.
+# rest at lr 4e-3, weight decay 0.5 on the hidden matrices; batches of 16 x 128 characters; warmup, then a
+# flat LR decaying to 0 over the last half.
 # On a GPU it finishes the same budget with far more tokens seen; raise the model size to use them.
 dataset = "pycode"
 out_dir = "out/quickstart"
