@@ -243,7 +243,6 @@ def make_optimizers(cfg, model, device):
     decays = [p.dim() >= 2 and (cfg.decay_embeddings or not n.startswith(NOT_HIDDEN)) for n, p in rest]
     groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": cfg.weight_decay},
               {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]  # (a fused optimizer crashes on an empty group)
     if cfg.optimizer == "sgd":
         return [torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)]
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
