@@ -240,9 +240,11 @@ def make_optimizers(cfg, model, device):
     named = list(model.named_parameters())  # a tied weight is listed once
     hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and not n.startswith(NOT_HIDDEN)]
     rest = [(n, p) for n, p in named if not any(p is h for h in hidden)]
-    decays = [p.dim() >= 2 and (cfg.decay_embeddings or not n.startswith(NOT_HIDDEN)) for n, p in rest]
-    groups = [{"params": [p for (_, p), d in zip(rest, decays) if d], "weight_decay": cfg.weight_decay},
-              {"params": [p for (_, p), d in zip(rest, decays) if not d], "weight_decay": 0.0}]
+
+    def decays(n, p):
+        return p.dim() >= 2 and (cfg.decay_embeddings or not n.startswith(NOT_HIDDEN))
+    groups = [{"params": [p for n, p in rest if decays(n, p)], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in rest if not decays(n, p)], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return [torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)]
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)

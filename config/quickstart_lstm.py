@@ -15,5 +15,5 @@ lr = 3e-3
 min_lr = 3e-4            # (cosine only)
 # Muon (the default, inherited) helps the LSTM's gate matrices too: 90 s on pycode, batch 32 x 128, lr 3e-3,
 # cosine, reached val loss 1.681 with Muon vs 1.799 with AdamW, though Muon's steps were 23% slower.
-weight_decay = 0.1       # what its LR was tuned with (the GPT's 0.5 was measured on GPTs only),
+weight_decay = 0.1       # what its LR was tuned with (the GPT's 0.5 was measured on GPTs only)
 decay_embeddings = True  # on its tied embedding too (the GPT's recipe spares them; measured on GPTs only)
