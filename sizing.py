@@ -6,14 +6,14 @@ HEAD_DIM): 4 x 128, the fixed default, is one rung. A short throughput probe tim
 of a rung on this machine, as the run will take them (same batch, dtype, optimizers), and predicts the
 tokens the budget buys at that size. The rule then picks the rung whose tokens per block parameter come
 nearest TOKENS_PER_PARAM, the ratio fitted on pycode (README, "A model sized to the budget"). A bigger
-budget buys a bigger model; a small corpus read many times over does not (with weight decay 0.5,
-repeating it costs less than a bigger model's fewer steps: README, "A small corpus does not want a
-bigger model"). The probe climbs from the default rung only as far as the choice needs, and
-its seconds count in the budget (the run's clock starts with them). It times eager steps even where the
-run then compiles (compile=None does on a CPU for a budget of 5 minutes or more, or a shorter one whose
-graphs Inductor's cache holds): compiling every probed size would cost more than the probe, so a
-compiled run sees more tokens per parameter than the rule aims at. Where the chosen size will read its
-training data more than DROPOUT_PASSES times, it trains with dropout (`small_corpus`).
+budget buys a bigger model, by the same ratio however small the corpus: no cap on passes over the data
+climbs further (README, "A small corpus and a bigger model"). The probe climbs from the default rung only
+as far as the choice needs, and its seconds count in the budget (the run's clock starts with them). It
+times eager steps even where the run then compiles (compile=None does on a CPU for a budget of 5 minutes
+or more, or a shorter one whose graphs Inductor's cache holds): compiling every probed size would cost
+more than the probe, so a compiled run sees more tokens per parameter than the rule aims at. Where the
+chosen size will read its training data more than DROPOUT_PASSES times, it trains with dropout
+(`small_corpus`).
 
 Explicit shapes win: a shape key given in a config file or flag (n_layer, n_embd, n_head) keeps its value
 and the probe chooses among the rungs that fit it (a given width: the depths; a given depth: the
