@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common import autocast
+from common import autocast, resolve_dtype
 from configurator import UserError
 
 SCHEDULES = ("wsd", "cosine", "onecycle", "invsqrt", "step", "constant")
@@ -188,8 +188,9 @@ class Muon(torch.optim.Muon):
             for p, u in zip(params, updates):
                 by_shape.setdefault(p.shape, []).append((p, u))
             for shape, pairs in by_shape.items():
-                ortho = newton_schulz(torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"],
-                                      group["eps"])
+                stack = torch.stack([u for _, u in pairs])
+                ortho = newton_schulz(stack, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                      ns_dtype(stack.device))
                 ps = [p for p, _ in pairs]
                 if group.get("normuon"):
                     ortho = self.normalize_neurons(ps, ortho.float())
@@ -208,10 +209,18 @@ class Muon(torch.optim.Muon):
         return scaled * (g.norm(dim=(1, 2), keepdim=True) / scaled.norm(dim=(1, 2), keepdim=True).clamp(min=1e-10))
 
 
-def newton_schulz(g, coefficients, steps, eps):
-    """torch.optim.Muon's orthogonalization (bf16, quintic Newton-Schulz) of a stack of matrices (N, A, B)."""
+def ns_dtype(device):
+    """The dtype Muon orthogonalizes in: bf16, as torch.optim.Muon does, where the device multiplies bf16
+    natively (what dtype=auto picks bf16 for); elsewhere fp32, since an AVX2-only CPU emulates bf16 matrix
+    products at about a twentieth of fp32's speed (README, "The training step on a CPU")."""
+    return torch.bfloat16 if resolve_dtype("auto", device.type) == "bfloat16" else torch.float32
+
+
+def newton_schulz(g, coefficients, steps, eps, dtype=torch.bfloat16):
+    """torch.optim.Muon's orthogonalization (quintic Newton-Schulz, in bf16 unless dtype says) of a stack
+    of matrices (N, A, B)."""
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype)
     tall = g.size(1) > g.size(2)
     if tall:
         x = x.mT

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import common
 import optim
 import train
 from configurator import UserError
@@ -138,9 +139,11 @@ def test_weight_decay_spares_the_embeddings_and_output_layer_unless_asked():
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov):
+def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov, monkeypatch):
     """optim.Muon batches same-shape matrices (two layers here, tall, wide and square ones): the parameters
-    and momentum buffers after a few steps equal torch.optim.Muon's, and their state dicts load into each other."""
+    and momentum buffers after a few steps equal torch.optim.Muon's, and their state dicts load into each other.
+    (Orthogonalizing in bf16 as PyTorch's does, which ours does where the CPU multiplies bf16 natively.)"""
+    monkeypatch.setattr(optim, "ns_dtype", lambda device: torch.bfloat16)
     models = [GPT(GPTConfig(**TINY_GPT_4H, **MODERN)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     hidden = [[p for p in m.parameters() if p.dim() == 2][1:-1] for m in models]  # not the embedding or head
@@ -160,6 +163,24 @@ def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov):
         torch.testing.assert_close(ours.state[a]["momentum_buffer"], theirs.state[b]["momentum_buffer"])
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(hidden[0], before))  # every matrix moved
     theirs.load_state_dict(ours.state_dict())  # a checkpoint of either loads into the other
+
+
+def test_muon_orthogonalizes_in_bf16_only_where_the_cpu_has_it(monkeypatch):
+    """Newton-Schulz runs in bf16 where the CPU multiplies bf16 natively, in fp32 where it would emulate it
+    (about 20x slower there); both give the same update but for bf16's rounding."""
+    cpu = torch.device("cpu")
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+        assert optim.ns_dtype(cpu) == dtype
+    g = torch.randn(3, 48, 16, generator=torch.Generator().manual_seed(0))
+    steps = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]
+    fp32, bf16 = (optim.newton_schulz(g, steps["ns_coefficients"], steps["ns_steps"], steps["eps"], dtype)
+                  for dtype in (torch.float32, torch.bfloat16))
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(fp32, bf16.float(), atol=0.05, rtol=0)  # the same orthogonalization...
+    assert (fp32 - bf16.float()).abs().max() > 1e-4  # ...not computed in the same dtype
+    sv = torch.linalg.svdvals(fp32)  # Muon's quintic leaves singular values near 1 (in about 0.7 to 1.2)
+    assert sv.min() > 0.6 and sv.max() < 1.25
 
 
 def test_normuon_evens_out_the_neurons_and_keeps_the_updates_norm():
