@@ -16,7 +16,8 @@ The training benchmark times full optimizer steps (forward, backward, clipping, 
 shapes with random tokens: the quickstart GPT (config/quickstart.py) and GPT-2 small (124M; on a CPU with
 a short 256-token sequence and batch 1). Every setting (fp32 eager, bf16 autocast, torch.compile, and the
 default train.py picks) shares one model and is measured interleaved, round by round, so a busy machine
-slows them alike; the best round counts. MFU is model FLOPs (6 per parameter per token plus attention)
+slows them alike; the best round counts (bf16 only where the device has it: a CPU without AVX512-BF16 or
+AMX emulates it, many times slower). MFU is model FLOPs (6 per parameter per token plus attention)
 per second over the peak matmul throughput of the same dtype, measured here with a large matmul.
 
 The generation benchmark times whole generations (batch x new tokens from a 1-token prompt, through
