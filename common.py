@@ -56,7 +56,7 @@ def resolve_device(name):
 def cpu_has_native_bf16():
     """Whether this CPU multiplies bf16 in hardware (x86 AVX512-BF16 or AMX; read from Linux's /proc/cpuinfo).
     There bf16 autocast trains faster than fp32 (the README's training table); elsewhere bf16 is emulated,
-    and a bf16 matrix product runs about 20x slower than an fp32 one (an AVX2-only CPU: README)."""
+    and a bf16 matrix product runs many times slower than an fp32 one (an AVX2-only CPU: README)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

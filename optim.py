@@ -165,7 +165,8 @@ class Muon(torch.optim.Muon):
     """torch.optim.Muon, its step done for all matrices of one shape at once: the momentum with foreach
     ops, and Newton-Schulz as batched matrix products (a transformer's layers share their shapes), which
     is where a small model's step spends its time otherwise, in per-matrix calls. The same update, state
-    (momentum_buffer) and hyperparameters as PyTorch's (a test holds them equal), so checkpoints carry over.
+    (momentum_buffer) and hyperparameters as PyTorch's (a test holds them equal), so checkpoints carry over;
+    only where the device has no native bf16 it orthogonalizes in fp32 (ns_dtype).
 
     A group with normuon=True (make_optimizers sets it from the config) also takes NorMuon's step: the
     orthogonalized update's rows (the columns of a wide matrix) are scaled by the inverse of their running
@@ -212,7 +213,7 @@ class Muon(torch.optim.Muon):
 def ns_dtype(device):
     """The dtype Muon orthogonalizes in: bf16, as torch.optim.Muon does, where the device multiplies bf16
     natively (what dtype=auto picks bf16 for); elsewhere fp32, since an AVX2-only CPU emulates bf16 matrix
-    products at about a twentieth of fp32's speed (README, "The training step on a CPU")."""
+    products, many times slower than fp32's (README, "The training step on a CPU")."""
     return torch.bfloat16 if resolve_dtype("auto", device.type) == "bfloat16" else torch.float32
 
 

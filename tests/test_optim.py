@@ -167,7 +167,7 @@ def test_our_muon_steps_as_pytorchs_and_shares_its_state(nesterov, monkeypatch):
 
 def test_muon_orthogonalizes_in_bf16_only_where_the_cpu_has_it(monkeypatch):
     """Newton-Schulz runs in bf16 where the CPU multiplies bf16 natively, in fp32 where it would emulate it
-    (about 20x slower there); both give the same update but for bf16's rounding."""
+    (many times slower there); both give the same update but for bf16's rounding."""
     cpu = torch.device("cpu")
     for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
