@@ -51,8 +51,7 @@ from types import SimpleNamespace
 
 import torch
 
-from common import (COMPILE_MIN_BUDGET, autocast, cpu_has_native_bf16, resolve_compile, resolve_device, resolve_dtype,
-                    sync)
+from common import COMPILE_MIN_BUDGET, autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
@@ -216,8 +215,9 @@ def bench_train(bc):
     auto_dtype, auto_compile = resolve_dtype("auto", device), resolve_compile(None, device)
     long_compile = resolve_compile(None, device, COMPILE_MIN_BUDGET)  # a run with a time_budget of several minutes
     low = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
-    emulated = device == "cpu" and not cpu_has_native_bf16()  # bf16 matmuls ~20x slower than fp32: GPT-2 for hours
-    peaks = {d: peak_flops(device, d) for d in ("float32",) + (() if emulated else (low,))}
+    # a CPU where dtype=auto stays fp32 has no native bf16: it emulates it, many times slower than fp32
+    dtypes = ("float32", low) if device != "cpu" or auto_dtype == low else ("float32",)
+    peaks = {d: peak_flops(device, d) for d in dtypes}
     threads = f"{torch.get_num_threads()} threads" if not cuda else torch.cuda.get_device_name()
     print(f"\ntraining throughput on {device} ({threads}); measured peak matmul: "
           + ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()))
@@ -230,10 +230,10 @@ def bench_train(bc):
                 (f"{short[low]} eager", low, False, True)]
     if bc.compile:
         settings += [("fp32 compile", "float32", True, True), (f"{short[low]} compile", low, True, True)]
-    if emulated:
+    if low not in dtypes:
         print("bf16 settings skipped: this CPU has no native bf16 (AVX512-BF16 or AMX), so it emulates bf16 "
               "matrix products, many times slower than fp32")
-        settings = [s for s in settings if s[1] == "float32"]
+        settings = [s for s in settings if s[1] in dtypes]
 
     def mark(d, c, f):
         if (d, c, f) == (auto_dtype, auto_compile, True):

@@ -185,13 +185,13 @@ class Muon(torch.optim.Muon):
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, bufs, group["momentum"]) if group["nesterov"] else bufs
             lr, wd = group["lr"], group["weight_decay"]
+            dtype = ns_dtype(params[0].device) if params else None  # once a step, not once a shape
             by_shape = {}
             for p, u in zip(params, updates):
                 by_shape.setdefault(p.shape, []).append((p, u))
             for shape, pairs in by_shape.items():
-                stack = torch.stack([u for _, u in pairs])
-                ortho = newton_schulz(stack, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                      ns_dtype(stack.device))
+                ortho = newton_schulz(torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"],
+                                      group["eps"], dtype)
                 ps = [p for p, _ in pairs]
                 if group.get("normuon"):
                     ortho = self.normalize_neurons(ps, ortho.float())

@@ -173,8 +173,8 @@ def test_muon_orthogonalizes_in_bf16_only_where_the_cpu_has_it(monkeypatch):
         monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
         assert optim.ns_dtype(cpu) == dtype
     g = torch.randn(3, 48, 16, generator=torch.Generator().manual_seed(0))
-    steps = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]
-    fp32, bf16 = (optim.newton_schulz(g, steps["ns_coefficients"], steps["ns_steps"], steps["eps"], dtype)
+    group = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]  # PyTorch's defaults
+    fp32, bf16 = (optim.newton_schulz(g, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                   for dtype in (torch.float32, torch.bfloat16))
     assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     torch.testing.assert_close(fp32, bf16.float(), atol=0.05, rtol=0)  # the same orthogonalization...
