@@ -212,8 +212,10 @@ def bench_train(bc):
     cuda = device.startswith("cuda")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.py does
-    auto_dtype, auto_compile = resolve_dtype("auto", device), resolve_compile(None, device)
-    long_compile = resolve_compile(None, device, COMPILE_MIN_BUDGET)  # a run with a time_budget of several minutes
+    auto_dtype = resolve_dtype("auto", device)
+    long = COMPILE_MIN_BUDGET.get(auto_dtype, 0)  # minutes: a CPU run in its dtype compiles from this budget
+    auto_compile = resolve_compile(None, device, auto_dtype)
+    long_compile = resolve_compile(None, device, auto_dtype, long)  # a run with a time_budget that long
     low = "bfloat16" if not cuda or torch.cuda.is_bf16_supported() else "float16"
     # a CPU where dtype=auto stays fp32 has no native bf16: it emulates it, many times slower than fp32
     dtypes = ("float32", low) if device != "cpu" or auto_dtype == low else ("float32",)
@@ -222,7 +224,7 @@ def bench_train(bc):
     print(f"\ntraining throughput on {device} ({threads}); measured peak matmul: "
           + ", ".join(f"{d} {p / 1e12:.2f} TFLOP/s" for d, p in peaks.items()))
     print(f"train.py's default here: dtype={auto_dtype}, compile={auto_compile}"
-          + (f" ({long_compile} with a time_budget of {COMPILE_MIN_BUDGET:g} minutes or more)"
+          + (f" ({long_compile} with a time_budget of {long:g} minutes or more)"
              if long_compile != auto_compile else ""))
     short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
     # (label, dtype, compile, train.py's fused optimizer); the first is the plain baseline

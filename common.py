@@ -7,7 +7,8 @@ Where and how a process computes: the device, the precision, and the processes o
 
 dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that multiply bf16 in hardware
 (AVX512-BF16 or AMX), else fp32. compile=None (resolve_compile) compiles on CUDA, and on a CPU for a long
-budget, or a short one where a compiled run has left the model's graphs in Inductor's cache. Under
+budget (longer in fp32, where compiling gains less), or a short one where a compiled run has left the
+model's graphs in Inductor's cache. Under
 torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment; CUDA processes talk over NCCL, CPU ones
 over gloo.
 """
@@ -26,7 +27,10 @@ import torch
 
 from configurator import UserError
 
-COMPILE_MIN_BUDGET = 5.0  # minutes: a CPU run with at least this time_budget compiles by default
+# minutes of time_budget from which a CPU run compiles by default, by the dtype it trains in: compiling fuses
+# autocast's casts with the elementwise ops around them, so a bf16 step gains far more than an fp32 one (a CPU
+# without native bf16), and an fp32 run must be longer to earn back its compile (README, "The training step on a CPU")
+COMPILE_MIN_BUDGET = {"bfloat16": 5.0, "float32": 15.0}
 COMPILE_WARM_MIN_BUDGET = 1.0  # minutes: ... and one with at least this, where its graphs are in Inductor's cache
 
 
@@ -77,21 +81,22 @@ def resolve_dtype(name, device):
     return name
 
 
-def resolve_compile(flag, device, budget=0.0, graphs=""):
+def resolve_compile(flag, device, dtype, budget=0.0, graphs=""):
     """compile=None (auto) compiles on CUDA, and on a CPU where Inductor can build CPU kernels
-    (cpu_kernels_buildable) for a time_budget of COMPILE_MIN_BUDGET minutes or more, or of
-    COMPILE_WARM_MIN_BUDGET or more where Inductor's on-disk cache holds the run's graphs (`graphs`, a key
-    that graphs_cached knows). On a CPU compiling costs 10 s (the cache warm) to over a minute (a fresh
-    machine) before the first step, and then a step takes about 0.6x the time: worth it in a run of several
-    minutes, and in a short one only where the cache is warm (README, "The training step on a CPU"). A run
-    without a budget has no known length: eager."""
+    (cpu_kernels_buildable) for a time_budget of COMPILE_MIN_BUDGET[dtype] minutes or more, or of
+    COMPILE_WARM_MIN_BUDGET or more where Inductor's on-disk cache holds the run's graphs (`graphs`, a
+    key that graphs_key makes). On a CPU compiling costs seconds (the cache warm) to a minute or more (a
+    fresh machine) before the first step, and then a step takes less time: about half in bf16, a little
+    less in fp32. So it is worth it in a run of several minutes (in fp32, of a quarter of an hour), and in
+    a short one only where the cache is warm (README, "The training step on a CPU"). A run without a budget
+    has no known length: eager."""
     if flag is not None:
         return flag
     if device.startswith("cuda"):
         return True
     if device != "cpu" or budget < COMPILE_WARM_MIN_BUDGET or not cpu_kernels_buildable():
         return False
-    return budget >= COMPILE_MIN_BUDGET or graphs_cached(graphs)
+    return budget >= COMPILE_MIN_BUDGET[dtype] or graphs_cached(graphs)
 
 
 def graphs_key(**shape):

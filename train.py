@@ -112,7 +112,7 @@ class TrainConfig(OptimConfig):
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 where the device has it, else fp32)
-    compile: bool | None = None  # torch.compile; None = auto: CUDA, and a CPU for time_budget >= 5 (>= 1 if cached)
+    compile: bool | None = None  # torch.compile; None = auto: CUDA, and a CPU for a long time_budget (resolve_compile)
     seed: int = 1337
 
     def validate(self):
@@ -197,7 +197,7 @@ def build(cfg, env, micro, meta, train_data, val_data, ckpt):
     graphs = graphs_key(model=cfg.model, args=model_args(cfg, meta["vocab_size"]),
                         batch=(cfg.batch_size, cfg.block_size), dtype=env.dtype, device=env.device, world=env.world,
                         sft=meta.get("kind") == "sft", label_smoothing=cfg.label_smoothing > 0)
-    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, cfg.time_budget, graphs) else raw
+    model = torch.compile(raw) if resolve_compile(cfg.compile, env.device, env.dtype, cfg.time_budget, graphs) else raw
     wrapped = model
     if env.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(

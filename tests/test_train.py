@@ -339,23 +339,26 @@ def test_a_fine_tune_keeps_the_record_of_given_keys_so_a_given_max_iters_still_c
         assert ckpt is not None and train.budget_alone(cfg).max_iters == cap
 
 
-@pytest.mark.parametrize("flag, device, budget, cxx, warm, compiles", [
-    (None, "cpu", 0, True, True, False),     # no budget: the run's length is unknown
-    (None, "cpu", 2.5, True, False, False),  # the quickstart: compiling would cost more than it saves
-    (None, "cpu", 2.5, True, True, True),    # ... unless an earlier run left its graphs in Inductor's cache
-    (None, "cpu", 0.5, True, True, False),   # under COMPILE_WARM_MIN_BUDGET even a warm compile is not worth it
-    (None, "cpu", 5, True, False, True),     # COMPILE_MIN_BUDGET minutes or more
-    (None, "cpu", 30, False, True, False),   # Inductor cannot build CPU kernels here
-    (None, "mps", 30, True, True, False),
-    (None, "cuda", 0, False, False, True),
-    (False, "cpu", 30, True, True, False),   # an explicit flag always wins
-    (True, "cpu", 0, False, False, True),
+@pytest.mark.parametrize("flag, device, dtype, budget, cxx, warm, compiles", [
+    (None, "cpu", "bfloat16", 0, True, True, False),     # no budget: the run's length is unknown
+    (None, "cpu", "bfloat16", 2.5, True, False, False),  # the quickstart: compiling would cost more than it saves
+    (None, "cpu", "bfloat16", 2.5, True, True, True),    # ... unless an earlier run left its graphs in Inductor's cache
+    (None, "cpu", "bfloat16", 0.5, True, True, False),   # under the warm minimum even a warm compile is not worth it
+    (None, "cpu", "bfloat16", 5, True, False, True),     # COMPILE_MIN_BUDGET minutes or more
+    (None, "cpu", "float32", 5, True, False, False),     # in fp32 compiling gains less: a longer run earns it back
+    (None, "cpu", "float32", 15, True, False, True),
+    (None, "cpu", "float32", 2.5, True, True, True),     # ... but a warm one, as in bf16
+    (None, "cpu", "bfloat16", 30, False, True, False),   # Inductor cannot build CPU kernels here
+    (None, "mps", "float32", 30, True, True, False),
+    (None, "cuda", "bfloat16", 0, False, False, True),
+    (False, "cpu", "bfloat16", 30, True, True, False),   # an explicit flag always wins
+    (True, "cpu", "float32", 0, False, False, True),
 ])
-def test_auto_compile_on_a_cpu_waits_for_a_long_budget_or_a_warm_cache(monkeypatch, flag, device, budget, cxx, warm,
-                                                                        compiles):
+def test_auto_compile_on_a_cpu_waits_for_a_long_budget_or_a_warm_cache(monkeypatch, flag, device, dtype, budget, cxx,
+                                                                        warm, compiles):
     monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: cxx)
     monkeypatch.setattr(common, "graphs_cached", lambda key: warm and key == "k")
-    assert common.resolve_compile(flag, device, budget, "k") is compiles
+    assert common.resolve_compile(flag, device, dtype, budget, "k") is compiles
 
 
 def test_the_graphs_key_names_what_decides_the_compiled_graphs(monkeypatch):
@@ -396,20 +399,23 @@ def test_a_cpu_run_compiles_by_default_for_a_long_budget_and_then_for_a_short_on
     monkeypatch.setattr(train.torch, "compile", lambda m: calls.append(m) or compile_(m, backend="eager"))
     monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: True)  # wherever this runs
 
+    dtype = "float32"  # the thresholds of one dtype, whichever dtype=auto picks on this machine
+    warm, cold = common.COMPILE_WARM_MIN_BUDGET, common.COMPILE_MIN_BUDGET[dtype]
+
     def compiled(name, *extra):
         before = len(calls)
-        run_small(corpus, tmp_path / name, "--max_iters=2", "--eval_interval=2", *extra)
+        run_small(corpus, tmp_path / name, "--max_iters=2", "--eval_interval=2", f"--dtype={dtype}", *extra)
         out = capsys.readouterr().out
         assert (" compiled" in out) == (len(calls) > before)
         return len(calls) > before, out
 
-    assert not compiled("short", "--time_budget=1")[0]  # nothing compiled this shape yet
-    assert compiled("long", f"--time_budget={common.COMPILE_MIN_BUDGET}")[0]
+    assert not compiled("short", f"--time_budget={warm}")[0]  # nothing compiled this shape yet
+    assert compiled("long", f"--time_budget={cold}")[0]
     assert len(os.listdir(tmp_path / "inductor" / "lm-graphs")) == 1  # the long run's graphs are marked cached
-    now, out = compiled("short_again", "--time_budget=1")
+    now, out = compiled("short_again", f"--time_budget={warm}")
     assert now and "its graphs are in Inductor's cache" in out
-    assert not compiled("other_shape", "--time_budget=1", "--batch_size=4")[0]
-    assert not compiled("under_a_minute", f"--time_budget={common.COMPILE_WARM_MIN_BUDGET / 2}")[0]
+    assert not compiled("other_shape", f"--time_budget={warm}", "--batch_size=4")[0]
+    assert not compiled("under_the_warm_minimum", f"--time_budget={warm / 2}")[0]
     assert not compiled("no_budget")[0]
 
 
