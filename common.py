@@ -8,9 +8,8 @@ Where and how a process computes: the device, the precision, and the processes o
 dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that multiply bf16 in hardware
 (AVX512-BF16 or AMX), else fp32. compile=None (resolve_compile) compiles on CUDA, and on a CPU for a long
 budget (longer in fp32, where compiling gains less), or a short one where a compiled run has left the
-model's graphs in Inductor's cache. Under
-torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment; CUDA processes talk over NCCL, CPU ones
-over gloo.
+model's graphs in Inductor's cache. Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment;
+CUDA processes talk over NCCL, CPU ones over gloo.
 """
 import contextlib
 import functools
@@ -29,7 +28,7 @@ from configurator import UserError
 
 # minutes of time_budget from which a CPU run compiles by default, by the dtype it trains in: compiling fuses
 # autocast's casts with the elementwise ops around them, so a bf16 step gains far more than an fp32 one (a CPU
-# without native bf16), and an fp32 run must be longer to earn back its compile (README, "The training step on a CPU")
+# without native bf16), and an fp32 run must be longer to earn its compile back (README, "The training step on a CPU")
 COMPILE_MIN_BUDGET = {"bfloat16": 5.0, "float32": 15.0}
 COMPILE_WARM_MIN_BUDGET = 1.0  # minutes: ... and one with at least this, where its graphs are in Inductor's cache
 
