@@ -107,11 +107,11 @@ class BenchConfig:
     big: bool = True  # include the GPT-2 small shape
     dataset: str = "pycode"  # budget: the prepared dataset every recipe trains on
     budget: float = 2.5  # budget: minutes of training per run
-    repeats: int = 1  # budget: runs per recipe (interleaved rounds, round r with seed 1337 + r; min and median reported)
+    repeats: int = 1  # budget: runs per recipe (interleaved rounds, round r with seed + r; min and median reported)
     recipes: str = "nanogpt,gpt2-tuned,default"  # budget: comma-separated names from RECIPES
     parallel: bool = False  # budget: a round's recipes train at the same time, the CPU threads split between them
     threads: int = 0  # CPU intra-op threads; 0 = PyTorch's default (one per core)
-    seed: int = 0
+    seed: int = 1337  # budget: the seed of the first round
     base: str = "out/quickstart"  # sft: the run to fine-tune (pretrained for a minute first if it is missing)
     sft_recipes: str = "sft"  # sft: comma-separated names from SFT_RECIPES
     sft_steps: int = 600  # sft: fine-tuning steps per recipe
@@ -478,7 +478,7 @@ def bench_budget(bc):
             shutil.rmtree(out, ignore_errors=True)
             argv = [sys.executable, "train.py", f"--dataset={bc.dataset}", f"--out_dir={out}", f"--device={bc.device}",
                     f"--time_budget={bc.budget}", "--max_iters=100000000", f"--eval_interval={EVAL_EVERY}",
-                    "--log_interval=100", "--final_eval_tokens=0", f"--seed={1337 + r}", *RECIPES[name]]
+                    "--log_interval=100", "--final_eval_tokens=0", f"--seed={bc.seed + r}", *RECIPES[name]]
             env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             started.append((name, out, proc))

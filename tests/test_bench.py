@@ -1,6 +1,7 @@
 """bench.py: the training benchmark (every setting timed on one model, MFU against its dtype's peak), the
 generation benchmark (rows against the memory-bandwidth limit) and the budget comparison of recipes on a tiny
 corpus."""
+import json
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
     monkeypatch.setitem(bench.RECIPES, "nanogpt", bench.RECIPES["nanogpt"] + small)
     monkeypatch.setitem(bench.RECIPES, "default", bench.RECIPES["default"] + small + ["--block_size=32"])
     bc = load_config(bench.BenchConfig(), ["--dataset=code", "--budget=0.05", "--recipes=nanogpt,default",
-                                                "--parallel=True"])
+                                                "--parallel=True", "--seed=7"])
     runs = bench.bench_budget(bc)
     out = capsys.readouterr().out
     assert "side by side (1 CPU thread(s) each)" in out and "| recipe | params | steps | tokens seen | tokens/s | val loss (min)" in out
@@ -77,6 +78,8 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
         (res,) = runs[name]
         assert res["iters"] > 0 and 2.0 <= res["wall_time_s"] < 30 and res["val_tokens_scored"] > 0
         assert f"| {name} | {res['params'] / 1e6:.2f}M | {res['iters']:,} | {res['tokens_seen']:,} |" in out
+        config = json.loads((tmp_path / "out" / "bench-budget-code-0.05m" / f"{name}-0" / "config.json").read_text())
+        assert config["seed"] == 7  # the first round's seed
     assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
     with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
         bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))
