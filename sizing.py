@@ -10,10 +10,10 @@ budget buys a bigger model, by the same ratio however small the corpus: no cap o
 climbs further (README, "A small corpus and a bigger model"). The probe climbs from the default rung only
 as far as the choice needs, and its seconds count in the budget (the run's clock starts with them). It
 times eager steps even where the run then compiles (compile=None does on a CPU for a budget of 5 minutes
-or more in bf16 or 15 in fp32, or a shorter one whose graphs Inductor's cache holds): compiling every probed size would cost
-more than the probe, so a compiled run sees more tokens per parameter than the rule aims at. Where the
-chosen size will read its training data more than DROPOUT_PASSES times, it trains with dropout
-(`small_corpus`).
+or more in bf16 or 15 in fp32, or a shorter one whose graphs Inductor's cache holds): compiling every
+probed size would cost more than the probe, so a compiled run sees more tokens per parameter than the rule
+aims at. Where the chosen size will read its training data more than DROPOUT_PASSES times, it trains with
+dropout (`small_corpus`).
 
 Explicit shapes win: a shape key given in a config file or flag (n_layer, n_embd, n_head) keeps its value
 and the probe chooses among the rungs that fit it (a given width: the depths; a given depth: the
