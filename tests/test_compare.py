@@ -9,9 +9,9 @@ from conftest import REPO, code_text, prepare_text
 
 pytestmark = pytest.mark.slow  # make compare: two train.py runs and compare.py, in subprocesses
 
-# both runs: tiny shapes (the LSTM's too), 12 steps, make's ARGS
+# both runs: tiny shapes (the LSTM's too), 12 steps, eager (a 5-minute budget would compile them), make's ARGS
 TINY_ARGS = ("--n_layer=1 --n_head=2 --n_embd=16 --n_hidden=16 --block_size=16 --batch_size=4 --max_iters=12 "
-             "--eval_interval=6 --eval_iters=2 --log_interval=3 --final_eval_tokens=300")
+             "--eval_interval=6 --eval_iters=2 --log_interval=3 --final_eval_tokens=300 --compile=False")
 
 
 def test_make_compare_writes_the_report(tmp_path):
@@ -19,9 +19,13 @@ def test_make_compare_writes_the_report(tmp_path):
     out = tmp_path / "cmp"
     argv = ["make", "-s", "compare", f"PYTHON={sys.executable}", "DEPS=", "DATASET=code", "BUDGET=5",
             f"COMPARE_DIR={out}", f"ARGS={TINY_ARGS} --data_dir={tmp_path / 'data'}"]
-    for _ in range(2):  # like `make`, a second `make compare` starts afresh
-        r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for run in ("gpt", "lstm"):  # an earlier comparison's runs, which train.py would refuse to train over
+        (out / run).mkdir(parents=True)
+        (out / run / "ckpt.pt").write_bytes(b"an earlier run")
+    (out / "stale.txt").write_text("an earlier report's file")
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert not (out / "stale.txt").exists()  # like `make`, `make compare` starts afresh
     for name in ("report.md", "curves_tokens.png", "curves_time.png"):
         assert (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
