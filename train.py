@@ -294,6 +294,8 @@ def train(cfg):
     exact = None  # (the template, the held-out conversations) of eval_file, read before anything is written
     if cfg.eval_file:
         exact = Template(Tokenizer.from_meta(meta)), read_examples(cfg.eval_file)
+    with torch.device("meta"):  # the model's options are checked (no weights made) before anything is written
+        build_model(cfg.model, model_args(cfg, meta["vocab_size"]))
     if env.master:
         write_config(cfg, env)
     s = build(cfg, env, micro, meta, train_data, val_data, ckpt)

@@ -193,6 +193,16 @@ def test_damaged_datasets(damage, message, dataset, tmp_path, capsys, monkeypatc
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--norm=batchnorm", "norm must be one of layernorm, rmsnorm, not 'batchnorm'"),
+    ("--n_embd=15", "n_embd=15 must be a multiple of n_head=2"),
+])
+def test_bad_model_options_write_nothing(flag, message, data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert message in cli_error(train.main, flags(data, out, flag), capsys, monkeypatch)
+    assert not out.exists()  # found before the run's config was written
+
+
 def test_block_size_longer_than_a_split(dataset, tmp_path, capsys, monkeypatch):
     data_dir, folder = dataset
     meta = json.loads((folder / "meta.json").read_text())
