@@ -251,7 +251,7 @@ def unknown_options(args):
     known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "bias", "mlp_ratio",
              "tie_weights", "pos_emb", "n_kv_head", "norm", "qk_norm", "activation", "mlp_hidden", "head_dim",
              "qkv_bias", "norm_eps", "rope_theta", "rope_scaling",
-             "zero_init"}  # (zero_init only sets the starting weights)
+             "zero_init", "qk_gain"}  # (these two only set the starting weights)
     defaults = GPTConfig.__dataclass_fields__
     return [f"{k}={v} (export does not know this option)" for k, v in args.items()
             if k not in known and (k not in defaults or defaults[k].default != v)]

@@ -13,10 +13,10 @@ scaled_dot_product_attention, with n_kv_head < n_head for grouped-query / multi-
 then an MLP), dropout, a final norm, output weights tied to the token embedding, N(0, 0.02) init
 with the residual projections scaled by 1/sqrt(2 * n_layer). The defaults are exactly GPT-2. The
 options since GPT-2 (the modded-nanogpt speedrun measured each): norm=rmsnorm, qk_norm (RMSNorm of
-each head's queries and keys), activation=relu2 (ReLU squared) or swiglu (a gated MLP, Llama's and the
-recipe's), zero_init (residual projections, and an untied head, start at 0). For Llama-family weights
-(hf.py imports them): rope_theta and Llama 3's rope_scaling, norm_eps, qkv_bias (Qwen2), head_dim and mlp_hidden (exact
-widths); each default keeps the architecture above unchanged.
+each head's queries and keys, its gains starting at qk_gain), activation=relu2 (ReLU squared) or swiglu
+(a gated MLP, Llama's and the recipe's), zero_init (residual projections, and an untied head, start at
+0). For Llama-family weights (hf.py imports them): rope_theta and Llama 3's rope_scaling, norm_eps,
+qkv_bias (Qwen2), head_dim and mlp_hidden (exact widths); each default keeps the architecture above unchanged.
 rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
 Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
 """
@@ -57,6 +57,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output layer shares the token embedding's weights
     norm: str = "layernorm"  # layernorm (with a bias when bias=True) | rmsnorm
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
+    qk_gain: float = 1.0  # qk_norm: the gains' starting value; their product scales the attention logits
     activation: str = "gelu"  # the MLP's: gelu | gelu_tanh (GPT-2's tanh approximation) | relu2 | swiglu (gated)
     zero_init: bool = False  # residual projections (and an untied head) start at zero
     mlp_hidden: int = 0  # exact MLP width (Llama's intermediate_size); 0 = round(mlp_ratio * n_embd)
@@ -81,6 +82,9 @@ class GPTConfig:
                             f"high_freq_factor,original_context' (Llama 3's), with pos_emb=rope")
         if not 0 <= self.n_kv_head <= self.n_head or self.n_head % max(self.n_kv_head, 1):
             raise UserError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head)")
+        if not self.qk_gain > 0:
+            raise UserError(f"qk_gain must be > 0 (the starting gain of qk_norm's queries and keys), "
+                            f"not {self.qk_gain:g}")
         if self.norm not in NORMS:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, not '{self.norm}'")
         if self.activation not in ACTIVATIONS:
@@ -308,6 +312,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
         if cfg.zero_init and not cfg.tie_weights:  # and the untied output layer as a uniform prediction
             nn.init.zeros_(self.lm_head.weight)
+        for block in self.blocks if cfg.qk_norm else ():  # the gains' start sets how sharp attention can begin
+            nn.init.constant_(block.attn.q_norm.weight, cfg.qk_gain)
+            nn.init.constant_(block.attn.k_norm.weight, cfg.qk_gain)
 
     def position_tables(self):
         """The fixed position tables: buffers outside the state_dict (computed, never loaded)."""

@@ -83,6 +83,7 @@ class TrainConfig(OptimConfig):
     tie_weights: bool = RECIPE_ARCH["tie_weights"]  # the output layer shares the embedding (lstm/gru: via a projection)
     norm: str = RECIPE_ARCH["norm"]  # gpt: layernorm (GPT-2) | rmsnorm
     qk_norm: bool = RECIPE_ARCH["qk_norm"]  # gpt: RMSNorm on each head's queries and keys
+    qk_gain: float = 1.0  # gpt, qk_norm: the starting gain of queries and keys (attention logits scale by its square)
     activation: str = RECIPE_ARCH["activation"]  # gpt: the MLP's gelu | gelu_tanh (GPT-2's) | relu2 (ReLU squared) | swiglu (gated)
     zero_init: bool = RECIPE_ARCH["zero_init"]  # gpt: residual projections (and an untied head) start at zero
     # gpt: shapes imported models bring (hf.py); the defaults change nothing above

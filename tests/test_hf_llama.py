@@ -156,6 +156,7 @@ TARGETS = [  # (our options, the architecture that holds them)
     ({**RECIPE, "activation": "relu2", "qk_norm": False, "tie_weights": True}, "ArceeForCausalLM"),
     ({**RECIPE, "qk_norm": False, "bias": True, "activation": "gelu"}, "ArceeForCausalLM"),
     ({**RECIPE, "head_dim": 12, "n_kv_head": 1}, "Qwen3ForCausalLM"),
+    ({**RECIPE, "qk_gain": 1.7}, "Qwen3ForCausalLM"),  # a starting value only: the gains are weights
     ({**RECIPE, "qk_norm": False, "rope_theta": 5e5, "rope_scaling": "8,1,4,16", "mlp_hidden": 40}, "LlamaForCausalLM"),
     ({**RECIPE, "qk_norm": False, "qkv_bias": True}, "Qwen2ForCausalLM"),
     ({**RECIPE, "activation": "relu2", "qkv_bias": True}, "ApertusForCausalLM"),  # a zero o_proj bias

@@ -230,6 +230,28 @@ def test_gpt2_defaults_are_unchanged_by_the_options():
     assert torch.count_nonzero(base.blocks[0].attn.proj.weight) > 0
 
 
+def test_qk_gain_starts_the_query_and_key_gains_and_scales_the_attention_logits_by_its_square():
+    """The gains start at qk_gain; with both at 2 every attention logit is 4 times GPT's of gains 1, which a
+    gain of 4 on the queries alone also gives (the same weights otherwise, the blocks not left as identities)."""
+    sharp = GPT(GPTConfig(**TINY_GPT_4H, **MODERN, qk_gain=2.0))
+    gains = {n: p for n, p in sharp.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))}
+    assert len(gains) == 2 * TINY_GPT_4H["n_layer"]
+    assert all(torch.equal(p, torch.full_like(p, 2.0)) for p in gains.values())
+    with torch.no_grad():
+        for p in sharp.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    base = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    base.load_state_dict({k: (torch.ones_like(v) if k in gains else v) for k, v in sharp.state_dict().items()})
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        logits = {m: m(idx)[0] for m in (base, sharp)}
+        assert not torch.allclose(logits[base], logits[sharp], atol=1e-3)
+        for name in gains:
+            base.get_parameter(name).fill_(4.0 if "q_norm" in name else 1.0)
+        torch.testing.assert_close(base(idx)[0], logits[sharp])
+
+
 def test_rmsnorm_is_computed_in_fp32_and_keeps_the_input_dtype():
     norm = RMSNorm(16)
     x = torch.randn(4, 16) * 100
@@ -265,6 +287,7 @@ def test_attention_dropout_follows_dropout_unless_given():
     ("activation", "swish", "activation must be one of gelu"),
     ("dropout", 1.0, "dropout and attn_dropout must be in"),
     ("attn_dropout", -0.1, "dropout and attn_dropout must be in"),
+    ("qk_gain", 0.0, "qk_gain must be > 0"),
 ])
 def test_bad_model_options_are_user_errors(key, value, message):
     with pytest.raises(UserError, match=message):
