@@ -85,6 +85,9 @@ class GPTConfig:
         if not self.qk_gain > 0:
             raise UserError(f"qk_gain must be > 0 (the starting gain of qk_norm's queries and keys), "
                             f"not {self.qk_gain:g}")
+        if self.qk_gain != 1 and not self.qk_norm:
+            raise UserError(f"qk_gain={self.qk_gain:g} starts QK-norm's gains, but qk_norm is off: "
+                            f"add --qk_norm=True or drop qk_gain")
         if self.norm not in NORMS:
             raise UserError(f"norm must be one of {', '.join(NORMS)}, not '{self.norm}'")
         if self.activation not in ACTIVATIONS:

@@ -288,6 +288,7 @@ def test_attention_dropout_follows_dropout_unless_given():
     ("dropout", 1.0, "dropout and attn_dropout must be in"),
     ("attn_dropout", -0.1, "dropout and attn_dropout must be in"),
     ("qk_gain", 0.0, "qk_gain must be > 0"),
+    ("qk_gain", 1.5, "qk_gain=1.5 starts QK-norm's gains, but qk_norm is off"),
 ])
 def test_bad_model_options_are_user_errors(key, value, message):
     with pytest.raises(UserError, match=message):
