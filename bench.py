@@ -34,8 +34,9 @@ evaluation: the same evaluator for every recipe). The recipes are RECIPES below:
 our GPT-2-style baseline with its batch, context and LR tuned for short CPU budgets, the defaults, and
 the defaults with the ReLU² MLP they had before SwiGLU (relu2), the defaults kept on 16 x 128-token batches
 where a budget of 5 minutes or more would double their context (ctx128), the defaults at the LR they had
-before a budget of 5 minutes or more lowered it (lr4e-3), and the defaults with the model sized to the
-budget (auto: train.py --auto_size=True); relu2, ctx128, lr4e-3 and auto are not in the default list.
+before a budget of 5 minutes or more lowered it (lr4e-3), the defaults with RoPE's base at the 10,000 they
+had before 100,000 (rope1e4), and the defaults with the model sized to the budget (auto: train.py
+--auto_size=True); relu2, ctx128, lr4e-3, rope1e4 and auto are not in the default list.
 The README's tables run from 2 to 30 minutes.
 """
 import contextlib
@@ -54,7 +55,7 @@ import torch
 from common import COMPILE_MIN_BUDGET, autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, RECIPE_ROPE_THETA, GPTConfig, config_fields, size_gated_mlp
 from optim import OptimConfig, make_optimizers, make_scaler, objective, train_step
 
 WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
@@ -83,6 +84,8 @@ RECIPES = {
     "ctx128": ["--block_size=128", "--batch_size=16"],
     # the defaults at the peak LR they have under 5 minutes, at any budget (sizing.long_budget's LR not taken)
     "lr4e-3": ["--lr=4e-3"],
+    # the defaults with RoPE's base at RoFormer's 10,000, as they had before 100,000
+    "rope1e4": ["--rope_theta=10000"],
     # the defaults with the model sized to the budget on this machine (sizing.py), not fixed at 4 x 128
     "auto": ["--auto_size=True"],
 }
@@ -144,7 +147,7 @@ def flops_per_token(model, cfg, T):
 
 def recipe_config(**shape):
     """train.py's recipe at this shape."""
-    return GPTConfig(**size_gated_mlp({**RECIPE_ARCH, **shape}))
+    return GPTConfig(**size_gated_mlp({**RECIPE_ARCH, "rope_theta": RECIPE_ROPE_THETA, **shape}))
 
 
 def shapes(device):

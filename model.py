@@ -123,6 +123,9 @@ GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "a
 # (sized by size_gated_mlp), zero-initialized residual projections, no biases, an untied head
 RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", zero_init=True,
                    bias=False, tie_weights=False)
+# ... and RoPE's base there: a longer wavelength than RoFormer's leaves more of a small head nearly free of
+# position, for matching content far back (an induction head; README, "A longer RoPE wavelength")
+RECIPE_ROPE_THETA = 100_000.0
 
 
 class KVCache:

@@ -15,7 +15,7 @@ Train a GPT or an LSTM language model on a dataset prepared by prepare.py.
 
 Defaults are TrainConfig below (its optimization keys come from optim.OptimConfig): the recipe that
 bought the lowest loss in a few CPU minutes (`python bench.py budget`): Muon for the hidden matrices and
-AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE, RMSNorm, QK-norm, a SwiGLU MLP,
+AdamW for the rest, a warmup-stable-decay schedule, and a GPT with RoPE (base 100,000), RMSNorm, QK-norm, a SwiGLU MLP,
 zero-initialized projections and an untied head (model.RECIPE_ARCH). The seed configs pin GPT-2's
 architecture and their seeds' optimizers. A run ends at max_iters or when its wall-clock budget
 (time_budget, minutes) is spent, whichever comes first (a budget given without max_iters: the budget
@@ -50,7 +50,7 @@ from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
                      write_results)
-from model import RECIPE_ARCH, ROPE_BASE, build_model
+from model import RECIPE_ARCH, RECIPE_ROPE_THETA, build_model
 from tokenizer import Tokenizer
 from optim import OptimConfig, get_lr, make_optimizers, make_scaler, progress_of, set_schedule, train_step
 
@@ -91,7 +91,7 @@ class TrainConfig(OptimConfig):
     head_dim: int = 0  # per-head width; 0 = n_embd // n_head
     qkv_bias: bool = False  # biases on queries, keys and values only (Qwen2)
     norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon
-    rope_theta: float = ROPE_BASE  # RoPE's base wavelength
+    rope_theta: float = RECIPE_ROPE_THETA  # RoPE's base wavelength (model.ROPE_BASE, 10,000, for imported shapes)
     rope_scaling: str = ""  # Llama 3's "factor,low_freq_factor,high_freq_factor,original_context"; "" = none
     # batches
     batch_size: int = 16  # sequences per micro-step, in each process (8 where sizing.long_budget doubles block_size)

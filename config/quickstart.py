@@ -2,7 +2,7 @@
 # prepare.py builds offline), sized for a 2-core laptop CPU and a 2.5-minute wall-clock budget; then the
 # best checkpoint is scored on val/test and `make` prints samples.
 # The recipe is TrainConfig's defaults, the one that bought the lowest loss in 1.5-10 CPU minutes
-# (`python bench.py budget` measures it against nanoGPT's): a 4 x 128 GPT with RoPE, RMSNorm, QK-norm,
+# (`python bench.py budget` measures it against nanoGPT's): a 4 x 128 GPT with RoPE (base 100,000), RMSNorm, QK-norm,
 # SwiGLU, zero-initialized projections and an untied head; Muon for the hidden matrices and AdamW for the
 # rest at lr 4e-3, weight decay 0.5 on the hidden matrices; batches of 16 x 128 characters; warmup, then a
 # flat LR decaying to 0 over the last half.
