@@ -55,7 +55,7 @@ import torch
 from common import COMPILE_MIN_BUDGET, autocast, resolve_compile, resolve_device, resolve_dtype, sync
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, RECIPE_ROPE_THETA, GPTConfig, config_fields, size_gated_mlp
+from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
 from optim import OptimConfig, make_optimizers, make_scaler, objective, train_step
 
 WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
@@ -147,7 +147,7 @@ def flops_per_token(model, cfg, T):
 
 def recipe_config(**shape):
     """train.py's recipe at this shape."""
-    return GPTConfig(**size_gated_mlp({**RECIPE_ARCH, "rope_theta": RECIPE_ROPE_THETA, **shape}))
+    return GPTConfig(**size_gated_mlp({**RECIPE_ARCH, **shape}))
 
 
 def shapes(device):

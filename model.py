@@ -118,14 +118,13 @@ def size_gated_mlp(args):
 # GPT-2's choice (GPTConfig's default) for each option train.py's modern recipe changes: a config sets
 # these to train GPT-2's architecture (the seed configs do; bench.py's baselines and the tests too)
 GPT2_ARCH = {k: getattr(GPTConfig, k) for k in ("pos_emb", "norm", "qk_norm", "activation", "zero_init",
-                                                 "bias", "tie_weights")}
+                                                 "bias", "tie_weights", "rope_theta")}
 # train.py's modern recipe (TrainConfig's defaults) for the same options: RoPE, RMSNorm, QK-norm, a SwiGLU MLP
-# (sized by size_gated_mlp), zero-initialized residual projections, no biases, an untied head
+# (sized by size_gated_mlp), zero-initialized residual projections, no biases, an untied head, and RoPE's base
+# at 100,000 for RoFormer's 10,000: more of a small head nearly free of position, for matching content far
+# back (an induction head; README, "A longer RoPE wavelength")
 RECIPE_ARCH = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", zero_init=True,
-                   bias=False, tie_weights=False)
-# ... and RoPE's base there: a longer wavelength than RoFormer's leaves more of a small head nearly free of
-# position, for matching content far back (an induction head; README, "A longer RoPE wavelength")
-RECIPE_ROPE_THETA = 100_000.0
+                   bias=False, tie_weights=False, rope_theta=100_000.0)
 
 
 class KVCache:

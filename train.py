@@ -50,7 +50,7 @@ from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
                      write_results)
-from model import RECIPE_ARCH, RECIPE_ROPE_THETA, build_model
+from model import RECIPE_ARCH, build_model
 from tokenizer import Tokenizer
 from optim import OptimConfig, get_lr, make_optimizers, make_scaler, progress_of, set_schedule, train_step
 
@@ -91,7 +91,7 @@ class TrainConfig(OptimConfig):
     head_dim: int = 0  # per-head width; 0 = n_embd // n_head
     qkv_bias: bool = False  # biases on queries, keys and values only (Qwen2)
     norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon
-    rope_theta: float = RECIPE_ROPE_THETA  # RoPE's base wavelength (model.ROPE_BASE, 10,000, for imported shapes)
+    rope_theta: float = RECIPE_ARCH["rope_theta"]  # RoPE's base wavelength (GPTConfig's 10,000 for imported shapes)
     rope_scaling: str = ""  # Llama 3's "factor,low_freq_factor,high_freq_factor,original_context"; "" = none
     # batches
     batch_size: int = 16  # sequences per micro-step, in each process (8 where sizing.long_budget doubles block_size)

@@ -12,6 +12,7 @@ activation = "swiglu"
 zero_init = True
 tie_weights = False
 bias = False
+rope_theta = 100_000.0
 optimizer = "muon"
 lr = 4e-3
 muon_lr_scale = 1.0

@@ -23,7 +23,7 @@ import hf  # noqa: E402
 import sample  # noqa: E402
 import train  # noqa: E402
 from configurator import UserError, load_config  # noqa: E402
-from model import GPT, RECIPE_ROPE_THETA, GPTConfig  # noqa: E402
+from model import GPT, RECIPE_ARCH, GPTConfig  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 ATOL = 1e-5
@@ -203,7 +203,7 @@ def test_the_default_recipe_exports_to_qwen3_from_the_cli(tmp_path, capsys):
     ids = tok("def f(x):", return_tensors="pt").input_ids
     assert ids[0].tolist() == Tokenizer.from_meta(ckpt["meta"]).encode("def f(x):")
     assert json.loads((tmp_path / "run" / "hf" / "config.json").read_text())["rope_parameters"] == {
-        "rope_type": "default", "rope_theta": RECIPE_ROPE_THETA}  # the recipe's RoPE base, not RoFormer's
+        "rope_type": "default", "rope_theta": RECIPE_ARCH["rope_theta"]}  # the recipe's RoPE base, not RoFormer's
     with torch.no_grad():
         assert (ours(ids)[0] - theirs(ids).logits).abs().max().item() < ATOL
     export.main([f"--out_dir={tmp_path / 'run'}"])  # an export of the same shape may be replaced

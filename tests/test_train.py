@@ -24,7 +24,7 @@ import optim
 import train
 from configurator import UserError, load_config
 from conftest import REPO, cfg_of, events, run_small, run_small_log5, small_flags
-from model import GPT2_ARCH
+from model import GPT2_ARCH, RECIPE_ARCH
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -73,6 +73,7 @@ def test_modern_config_is_the_defaults_and_seed_configs_pin_gpt2():
         modern = load_config(train.TrainConfig(), [str(repo / "config" / f"{seed}.py"), str(repo / "config" / "modern.py")])
         assert (modern.n_layer, modern.n_embd, modern.dataset) == (cfg.n_layer, cfg.n_embd, cfg.dataset)
         assert (modern.optimizer, modern.schedule, modern.norm) == ("muon", "wsd", "rmsnorm")
+        assert all(getattr(modern, k) == v for k, v in RECIPE_ARCH.items()), seed  # the whole recipe, over GPT-2's
 
 
 
