@@ -77,6 +77,9 @@ class GPTConfig:
             raise UserError(f"pos_emb must be one of {', '.join(POS_EMBS)}, not '{self.pos_emb}'")
         if self.pos_emb == "rope" and self.hs % 2:
             raise UserError(f"pos_emb=rope needs an even head size, but it is {self.hs}")
+        if not self.rope_theta > 1:
+            raise UserError(f"rope_theta must be > 1 (RoPE's base wavelength: 10,000 RoFormer's, 100,000 the "
+                            f"recipe's), not {self.rope_theta:g}")
         if self.rope_scaling and (len(self.rope_scaling.split(",")) != 4 or self.pos_emb != "rope"):
             raise UserError(f"rope_scaling='{self.rope_scaling}' must be 4 numbers 'factor,low_freq_factor,"
                             f"high_freq_factor,original_context' (Llama 3's), with pos_emb=rope")

@@ -196,6 +196,7 @@ def test_damaged_datasets(damage, message, dataset, tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("flag, message", [
     ("--norm=batchnorm", "norm must be one of layernorm, rmsnorm, not 'batchnorm'"),
     ("--qk_gain=0", "qk_gain must be > 0"),
+    ("--rope_theta=0", "rope_theta must be > 1"),
     ("--n_embd=15", "n_embd=15 must be a multiple of n_head=2"),
 ])
 def test_bad_model_options_write_nothing(flag, message, data, tmp_path, capsys, monkeypatch):
