@@ -17,7 +17,7 @@ epsilon, rope_theta, Llama 3's rope scaling and tied embeddings from config.json
 import torch
 
 from configurator import UserError
-from model import ACTIVATIONS, GPTConfig
+from model import ACTIVATIONS, ROPE_BASE, GPTConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "apertus": "ApertusForCausalLM", "arcee": "ArceeForCausalLM"}
@@ -77,7 +77,7 @@ def mlp_width(args):
 
 
 def rope_parameters(args):
-    theta = float(args.get("rope_theta", 10000.0))
+    theta = float(args.get("rope_theta", ROPE_BASE))
     if not args.get("rope_scaling"):
         return {"rope_type": "default", "rope_theta": theta}
     values = [float(v) for v in args["rope_scaling"].split(",")]
@@ -90,7 +90,7 @@ def model_args(config, where):
     family = config["model_type"]
     act = config.get("hidden_act", "silu")
     rope = config.get("rope_parameters") or {**(config.get("rope_scaling") or {}),
-                                              "rope_theta": config.get("rope_theta", 10000.0)}
+                                              "rope_theta": config.get("rope_theta", ROPE_BASE)}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     problems = []
     if family in GATED and act != "silu":
@@ -124,7 +124,8 @@ def model_args(config, where):
                     qkv_bias=family == "qwen2" or (attn_bias and not mlp_bias), pos_emb="rope", norm="rmsnorm",
                     qk_norm=family in QK_NORM,
                     activation="swiglu" if family in GATED else FROM_HF_ACT[act],
-                    norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=float(rope.get("rope_theta", 10000.0)),
+                    norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+                    rope_theta=float(rope.get("rope_theta", ROPE_BASE)),
                     rope_scaling=scaling, tie_weights=bool(config.get("tie_word_embeddings", False)), zero_init=False)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{where}'s config.json lacks a usable {e} (a {family} config has vocab_size, hidden_size, "
