@@ -43,6 +43,8 @@ GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's BPE vocabulary (tiktoken's gpt2) 
 LAYER_NORM_EPS = 1e-5  # GPT-2's, and nn.LayerNorm's default
 TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu2": "relu2"}  # ours -> activation_function (gelu_new: tanh)
 FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu2": "relu2"}
+# options of ours that no format export writes holds, and why
+NO_FORMAT_HOLDS = {"x0_mix": "each block's input mixed with the embeddings, which no Hugging Face format holds"}
 # our state_dict names -> GPT-2's (below `transformer.`), and the weights stored transposed (Conv1D)
 RENAMES = [("blocks.", "h."), (".ln1.", ".ln_1."), (".ln2.", ".ln_2."), (".attn.qkv.", ".attn.c_attn."),
            (".attn.proj.", ".attn.c_proj."), (".mlp.fc.", ".mlp.c_fc."), (".mlp.proj.", ".mlp.c_proj.")]
@@ -253,7 +255,7 @@ def unknown_options(args):
              "qkv_bias", "norm_eps", "rope_theta", "rope_scaling",
              "zero_init", "qk_gain"}  # (these two only set the starting weights)
     defaults = GPTConfig.__dataclass_fields__
-    return [f"{k}={v} (export does not know this option)" for k, v in args.items()
+    return [f"{k}={v} ({NO_FORMAT_HOLDS.get(k, 'export does not know this option')})" for k, v in args.items()
             if k not in known and (k not in defaults or defaults[k].default != v)]
 
 

@@ -17,6 +17,8 @@ each head's queries and keys, its gains starting at qk_gain), activation=relu2 (
 (a gated MLP, Llama's and the recipe's), zero_init (residual projections, and an untied head, start at
 0). For Llama-family weights (hf.py imports them): rope_theta and Llama 3's rope_scaling, norm_eps,
 qkv_bias (Qwen2), head_dim and mlp_hidden (exact widths); each default keeps the architecture above unchanged.
+x0_mix (nanochat's residual and x0 scalars) makes each block's input a learned mix of the residual stream and
+the embedding output: a direct path to the token, which no Hugging Face format holds (export.py refuses it).
 rnn.py's models have the same interface, so train.py, engine.py and the tests never branch on it.
 Generating (sampling, the decode loop, compiling the one-token step, int8 weights) is engine.py's.
 """
@@ -66,6 +68,7 @@ class GPTConfig:
     norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon (nn.RMSNorm's default)
     rope_theta: float = ROPE_BASE  # RoPE's base wavelength
     rope_scaling: str = ""  # Llama 3's frequency scaling "factor,low_freq_factor,high_freq_factor,original_context"
+    x0_mix: bool = False  # block i's input is resid_scale[i] * x + x0_scale[i] * x0, x0 the embedding output
 
     def __post_init__(self):
         if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
@@ -312,6 +315,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying
+        if cfg.x0_mix:  # starting from nanochat's values: 1.15 to 1.05, and 0.20 to 0.05, from the first block
+            depth = torch.linspace(0, 1, cfg.n_layer)
+            self.resid_scale, self.x0_scale = nn.Parameter(1.15 - 0.10 * depth), nn.Parameter(0.20 - 0.15 * depth)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections: keep the residual stream's variance flat
@@ -359,8 +365,10 @@ class GPT(nn.Module):
             x = x + self.pos_table[pos].to(x.dtype)
         else:
             rope = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs/2) each
-        x = self.drop(x)
-        for block in self.blocks:
+        x0 = x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            if self.cfg.x0_mix:
+                x = self.resid_scale[i] * x + self.x0_scale[i] * x0
             x = block(x, cache, rope, where)
         if cache is not None:
             cache.pos.add_(T)

@@ -93,6 +93,7 @@ class TrainConfig(OptimConfig):
     norm_eps: float = 0.0  # RMSNorm's epsilon; 0 = float32's machine epsilon
     rope_theta: float = RECIPE_ARCH["rope_theta"]  # RoPE's base wavelength (GPTConfig's 10,000 for imported shapes)
     rope_scaling: str = ""  # Llama 3's "factor,low_freq_factor,high_freq_factor,original_context"; "" = none
+    x0_mix: bool = False  # gpt: each block's input a learned mix of the residual stream and the embeddings (no export)
     # batches
     batch_size: int = 16  # sequences per micro-step, in each process (8 where sizing.long_budget doubles block_size)
     grad_accum: int = 1  # micro-steps per step, summed over all processes (a multiple of their number; 1 = one each)

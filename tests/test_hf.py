@@ -26,7 +26,7 @@ import train  # noqa: E402
 from configurator import load_config  # noqa: E402
 from conftest import REPO, check_one_line, cli_error, code_text, events, flags, prepare_text, snapshot  # noqa: E402
 from engine import generate  # noqa: E402
-from model import GPT2_ARCH as GPT2_OPTIONS, GPTConfig  # noqa: E402
+from model import GPT2_ARCH as GPT2_OPTIONS, RECIPE_ARCH, GPTConfig  # noqa: E402
 
 transformers = pytest.importorskip("transformers", reason="a test dependency: make test installs requirements-test.txt")
 
@@ -250,6 +250,9 @@ def test_export_problems_of_options_read_with_their_gpt2_defaults():
         "qk_norm=True (GPT-2 does not normalize queries and keys)",
         "activation=swish (GPT-2's format takes gelu or gelu_tanh or relu2)",
         "parallel=True (export does not know this option)"]
+    recipe = {**args, **RECIPE_ARCH, "x0_mix": True}  # the Llama family would hold it but for x0_mix
+    assert hf.export_plan("gpt", recipe, {"tokenizer": "gpt2"}) == (None, [
+        "x0_mix=True (each block's input mixed with the embeddings, which no Hugging Face format holds)"])
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -12,7 +12,8 @@ import checkpoint
 import train
 from configurator import UserError, load_config
 from conftest import MODERN, REPO, TINY_GPT, TINY_GPT_4H, tiny_gpt
-from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model, size_gated_mlp
+from model import (GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, KVCache, RMSNorm, build_model, load_model,
+                   size_gated_mlp)
 
 
 def test_shapes_and_parameter_count():
@@ -94,6 +95,31 @@ def test_cached_steps_equal_the_full_forward(pos_emb, n_kv_head):
         torch.testing.assert_close(cached, full, atol=CACHE_ATOL, rtol=0)
     # the cache holds n_kv_head heads per layer, rotated keys for RoPE
     assert cache.k[0].shape == (2, n_kv_head, 16, 8) and cache.pos == 16
+
+
+def test_x0_mix_starts_from_its_scales_and_caches_like_the_full_forward():
+    """Block i's input is resid_scale[i] * x + x0_scale[i] * x0: with the scales at 1 and 0 the model is the one
+    without x0_mix (the same weights), with its starting scales it is not, and its cached steps match its full
+    forward."""
+    mixed = tiny_gpt(n_layer=3, x0_mix=True).eval()
+    torch.testing.assert_close(mixed.resid_scale.data, torch.tensor([1.15, 1.10, 1.05]))
+    torch.testing.assert_close(mixed.x0_scale.data, torch.tensor([0.20, 0.125, 0.05]))
+    plain = tiny_gpt(n_layer=3).eval()
+    plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if not k.endswith("_scale")})
+    idx = torch.randint(0, 50, (2, 16))
+    assert not torch.allclose(mixed(idx)[0], plain(idx)[0], atol=1e-3)
+    with torch.no_grad():
+        mixed.resid_scale.fill_(1.0), mixed.x0_scale.zero_()
+        mixed.x0_scale[1] = 0.5
+    x0 = mixed.drop(mixed.wte(idx) + mixed.wpe.weight[:16])  # by hand: the second block's input gains half of x0
+    h = mixed.blocks[0](x0)
+    by_hand = mixed.lm_head(mixed.ln_f(mixed.blocks[2](mixed.blocks[1](h + 0.5 * x0))))
+    torch.testing.assert_close(mixed(idx)[0], by_hand)
+    logits, cache = mixed.step(idx[:, :5])
+    parts = [logits] + [mixed.step(idx[:, t:t + 1], cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), mixed(idx)[0], atol=CACHE_ATOL, rtol=0)
+    loaded = load_model("gpt", {**TINY_GPT, "n_layer": 3, "x0_mix": True}, mixed.state_dict()).eval()
+    assert torch.equal(loaded.x0_scale, mixed.x0_scale) and torch.equal(loaded(idx)[0], mixed(idx)[0])
 
 
 def test_rope_cache_stores_rotated_keys_and_positions_matter():

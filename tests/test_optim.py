@@ -126,7 +126,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 
 
 def test_weight_decay_spares_the_embeddings_and_output_layer_unless_asked():
-    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN, x0_mix=True))  # (its scales: in AdamW, not decayed)
     names = {id(p): n for n, p in model.named_parameters()}
     hidden = {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
 
@@ -136,6 +136,8 @@ def test_weight_decay_spares_the_embeddings_and_output_layer_unless_asked():
     for opt in ("muon", "adamw"):
         assert decayed(f"--optimizer={opt}") == hidden
         assert decayed(f"--optimizer={opt}", "--decay_embeddings=True") == hidden | {"wte.weight", "lm_head.weight"}
+    adamw = optim.make_optimizers(cfg_of("--optimizer=muon"), model, "cpu")[1]
+    assert {"resid_scale", "x0_scale"} <= {names[id(p)] for g in adamw.param_groups for p in g["params"]}
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
