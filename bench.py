@@ -35,8 +35,9 @@ our GPT-2-style baseline with its batch, context and LR tuned for short CPU budg
 the defaults with the ReLU² MLP they had before SwiGLU (relu2), the defaults kept on 16 x 128-token batches
 where a budget of 5 minutes or more would double their context (ctx128), the defaults at the LR they had
 before a budget of 5 minutes or more lowered it (lr4e-3), the defaults with RoPE's base at the 10,000 they
-had before 100,000 (rope1e4), and the defaults with the model sized to the budget (auto: train.py
---auto_size=True); relu2, ctx128, lr4e-3, rope1e4 and auto are not in the default list.
+had before 100,000 (rope1e4), the defaults with nanochat's x0 and residual scalars (x0mix: train.py
+--x0_mix=True, which export.py refuses), and the defaults with the model sized to the budget (auto: train.py
+--auto_size=True); relu2, ctx128, lr4e-3, rope1e4, x0mix and auto are not in the default list.
 The README's tables run from 2 to 30 minutes.
 """
 import contextlib
@@ -86,6 +87,8 @@ RECIPES = {
     "lr4e-3": ["--lr=4e-3"],
     # the defaults with RoPE's base at RoFormer's 10,000, as they had before 100,000
     "rope1e4": ["--rope_theta=10000"],
+    # the defaults with each block's input a learned mix of the residual stream and the embeddings (not exportable)
+    "x0mix": ["--x0_mix=True"],
     # the defaults with the model sized to the budget on this machine (sizing.py), not fixed at 4 x 128
     "auto": ["--auto_size=True"],
 }
