@@ -110,6 +110,8 @@ def test_x0_mix_starts_from_its_scales_and_caches_like_the_full_forward():
     assert not torch.allclose(mixed(idx)[0], plain(idx)[0], atol=1e-3)
     with torch.no_grad():
         mixed.resid_scale.fill_(1.0), mixed.x0_scale.zero_()
+    torch.testing.assert_close(mixed(idx)[0], plain(idx)[0])
+    with torch.no_grad():
         mixed.x0_scale[1] = 0.5
     x0 = mixed.drop(mixed.wte(idx) + mixed.wpe.weight[:16])  # by hand: the second block's input gains half of x0
     h = mixed.blocks[0](x0)
