@@ -143,7 +143,7 @@ def load_config(defaults, argv):
     """Apply override files then --key=value flags from argv to a copy of the dataclass `defaults`."""
     types_ = _field_types(defaults)
     values = dataclasses.asdict(defaults)
-    given, repeated = set(), set()
+    given, repeated = {}, set()  # given: key -> where it was last set ("flag --k=v" or "config file F")
 
     def apply(key, value, where):
         if key not in types_:
@@ -153,7 +153,7 @@ def load_config(defaults, argv):
                 value = (*(values[key] if key in repeated else ()), value)
                 repeated.add(key)
         values[key] = coerce(key, value, types_[key], where)
-        given.add(key)
+        given[key] = where
 
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -174,19 +174,24 @@ def load_config(defaults, argv):
         else:
             raise UserError(f"unexpected argument '{arg}': pass a config/*.py file or --key=value flags")
     cfg = type(defaults)(**values)
+    cfg._given = given
     if hasattr(cfg, "validate"):
         cfg.validate()
-    cfg._given = frozenset(given)
     return cfg
 
 
 def given_keys(cfg):
     """The keys load_config set from an override file or a flag (not left at their defaults)."""
-    return getattr(cfg, "_given", frozenset())
+    return frozenset(getattr(cfg, "_given", {}))
+
+
+def given_where(cfg, key):
+    """Where load_config last set `key`: "flag --key=value", "config file PATH", or "" (its default)."""
+    return getattr(cfg, "_given", {}).get(key, "")
 
 
 def replace(cfg, **changes):
     """dataclasses.replace, keeping the record of the keys that were given (given_keys)."""
     new = dataclasses.replace(cfg, **changes)
-    new._given = given_keys(cfg)
+    new._given = dict(getattr(cfg, "_given", {}))
     return new

@@ -45,12 +45,12 @@ import sizing
 from checkpoint import CKPT_BEST, CKPT_LAST, RunLock, model_args, save_atomic, write_config
 from common import (Env, StopFlag, check_compile, fmt_time, gather_states, graphs_cached, graphs_key,
                     mark_graphs_cached, print0, resolve_compile, setup, teardown)
-from configurator import UserError, cli, given_keys, load_config, replace
+from configurator import UserError, cli, given_keys, given_where, load_config, replace
 from chat import Template, read_examples
 from dataloader import Batches, Examples, fixed_starts, load_meta, open_split, open_train_val
 from metrics import (example_batches, exact_match, mean_loss, metrics_for, plot_curves, score_run, window_batches,
                      write_results)
-from model import RECIPE_ARCH, build_model
+from model import RECIPE_ARCH, build_model, config_fields
 from tokenizer import Tokenizer
 from optim import OptimConfig, get_lr, make_optimizers, make_scaler, progress_of, set_schedule, train_step
 
@@ -138,7 +138,25 @@ class TrainConfig(OptimConfig):
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+        self.check_options_of_model()
         self.out_dir = self.out_dir or os.path.join("out", self.dataset)
+
+    def check_options_of_model(self):
+        """A new model ignores a GPT-only key (n_head, pos_emb, x0_mix...) given with model=lstm or gru, and
+        an RNN-only one (n_hidden) with a GPT: refuse it where a flag, or the file that chose the model, gave
+        it. A file layered on a GPT's config (config/plwiki_lstm.py on plwiki_gpt.py) may leave the GPT's
+        keys. (A resumed or fine-tuned model takes its shape from its checkpoint: checkpoint.py.)"""
+        if self.init_from != "scratch":
+            return
+        own = set(config_fields(self.model)) | {"block_size"}  # every model trains on windows of block_size
+        other = set().union(*(config_fields(kind) for kind in ("gpt", "lstm"))) - own
+        chose = given_where(self, "model")
+        for key in sorted(other & given_keys(self)):
+            where = given_where(self, key)
+            if where.startswith("flag") or where == chose:
+                owner = "an LSTM/GRU" if self.model == "gpt" else "a GPT"
+                raise UserError(f"{where}: {key} is an option of {owner} only, and model={self.model} would ignore "
+                                f"it: drop it, or set --model")
 
 
 @dataclass

@@ -128,6 +128,16 @@ def test_given_keys_are_the_ones_set(tmp_path):
     assert given_keys(load_config(Cfg(), [str(f), "--lr=0.1"])) == {"n_layer", "lr"}
 
 
+def test_given_where_names_the_last_place_a_key_was_set(tmp_path):
+    from configurator import given_where, replace
+    f = tmp_path / "over.py"
+    f.write_text("n_layer = 4\nlr = 0.5\n")
+    cfg = load_config(Cfg(), [str(f), "--lr=0.1"])
+    assert (given_where(cfg, "n_layer"), given_where(cfg, "lr")) == (f"config file {f}", "flag --lr=0.1")
+    assert given_where(cfg, "quiet") == ""  # left at its default
+    assert given_where(replace(cfg, lr=0.2), "lr") == "flag --lr=0.1"  # replace keeps the record
+
+
 @pytest.mark.slow
 def test_a_closed_pipe_ends_quietly():
     import subprocess
