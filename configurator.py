@@ -8,6 +8,7 @@ non-module names count. Flags are `--key=value`, the value parsed as a Python li
 one and kept as a string otherwise. Every value is coerced to the type of its default (an int
 where a float is expected is fine, `--compile=False` is a bool). An unknown key or a value of the
 wrong type raises UserError naming where it came from and, for a typo, the closest known key.
+given_keys(cfg) are the keys a file or flag set, and given_where(cfg, key) says which one set it last.
 
 UserError is the one exception the entry points turn into a single line on stderr and exit code 2
 (see `cli`): every mistake a user can make is raised as one.
