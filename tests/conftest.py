@@ -108,11 +108,8 @@ def cfg_of(*argv):
 
 
 def flags(data, out, *extra):
-    """train.py's flags for a TINY run on data_dir `data` (dataset `code`) into out (an LSTM or GRU's without
-    TINY's n_head, which train.py refuses for them)."""
-    rnn = any(e in ("--model=lstm", "--model=gru") for e in extra)
-    return [f"--data_dir={data}", "--dataset=code", f"--out_dir={out}",
-            *(f for f in TINY if not (rnn and f.startswith("--n_head="))), *extra]
+    """train.py's flags for a TINY run on data_dir `data` (dataset `code`) into out."""
+    return [f"--data_dir={data}", "--dataset=code", f"--out_dir={out}", *TINY, *extra]
 
 
 def run_train(data, out, *extra):

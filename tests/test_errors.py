@@ -108,10 +108,6 @@ def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
     (["--batch_size=0"], "batch_size, grad_accum, block_size and eval_iters must be positive"),
     (["--grad_accum=-2"], "must be positive"),
     (["--n_embd=30", "--n_head=4"], "n_embd=30 must be a multiple of n_head=4"),
-    (["--model=lstm", "--x0_mix=True"], "flag --x0_mix=True: x0_mix is an option of a GPT only, and model=lstm"),
-    (["--model=gru", "--n_head=8"], "flag --n_head=8: n_head is an option of a GPT only, and model=gru would"),
-    (["--n_hidden=64"], "flag --n_hidden=64: n_hidden is an option of an LSTM/GRU only, and model=gpt would"),
-    (["RNN_ROPE"], "RNN_ROPE.py: pos_emb is an option of a GPT only, and model=lstm would ignore it"),
     (["--device=tpu"], "device must be auto, cpu, cuda, cuda:N or mps, not 'tpu'"),
     (["--dtype=fp8"], "dtype must be auto, float32, bfloat16 or float16"),
     (["nonsense"], "unexpected argument 'nonsense'"),
@@ -123,20 +119,11 @@ def test_a_malicious_checkpoint_runs_nothing(run, data, tmp_path):
 ])
 def test_config_mistakes(argv, message, tmp_path, capsys, monkeypatch):
     files = {"SYNTAX": b"n_layer = 2\nlr = = 3\n", "LATIN1": "lr = 0.1  # caf\xe9\n".encode("latin-1"),
-             "TYPO": b"n_layers = 2\n", "RAISES": b"lr = 1 / 0\n",
-             "RNN_ROPE": b"model = 'lstm'\npos_emb = 'rope'\n"}
+             "TYPO": b"n_layers = 2\n", "RAISES": b"lr = 1 / 0\n"}
     for name, body in files.items():
         (tmp_path / f"{name}.py").write_bytes(body)
     argv = [str(tmp_path / f"{a}.py") if a in files else a for a in argv]
     assert message in cli_error(train.main, argv, capsys, monkeypatch)
-
-
-def test_an_lstm_config_layered_on_a_gpt_config_keeps_its_gpt_keys_unrefused():
-    for gpt, lstm in [("plwiki_gpt", "plwiki_lstm"), ("quickstart", "quickstart_lstm")]:
-        cfg = load_config(train.TrainConfig(), [str(REPO / "config" / f"{name}.py") for name in (gpt, lstm)])
-        assert cfg.model == "lstm"
-    # a fine-tune takes its shape from the checkpoint (checkpoint.py), so the check is for new models only
-    assert load_config(train.TrainConfig(), ["--init_from=out/x", "--n_hidden=64"]).n_hidden == 64
 
 
 def test_device_without_a_gpu(capsys, monkeypatch):

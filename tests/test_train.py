@@ -36,6 +36,24 @@ def test_config_validation_messages():
         load_config(train.TrainConfig(), ["--model=transformer"])
 
 
+def test_options_the_chosen_model_lacks_are_noted_as_ignored(tmp_path, capsys):
+    rnn_rope = tmp_path / "rnn_rope.py"
+    rnn_rope.write_text("model = 'lstm'\npos_emb = 'rope'\n")
+    for argv, note in [(["--model=lstm", "--x0_mix=True", "--n_head=8"], "model=lstm ignores n_head, x0_mix (options "
+                                                                          "of a GPT only)"),
+                       (["--n_hidden=64"], "model=gpt ignores n_hidden (options of an LSTM/GRU only)"),
+                       ([str(rnn_rope)], "model=lstm ignores pos_emb (options of a GPT only)")]:
+        cfg_of(*argv)
+        assert capsys.readouterr().out == f"note: {note}\n"
+    # a config layered on a GPT's keeps the GPT's keys unremarked, and a fine-tune's shape is its checkpoint's
+    config = REPO / "config"
+    for argv in ([config / "quickstart.py", config / "quickstart_lstm.py"],
+                 [config / "plwiki_gpt.py", config / "plwiki_lstm.py"],
+                 ["--init_from=out/x", "--n_hidden=64"], ["--n_head=8"]):
+        cfg_of(*map(str, argv))
+        assert capsys.readouterr().out == ""
+
+
 def test_bad_engine_settings_are_user_errors(monkeypatch):
     with pytest.raises(UserError, match="schedule must be one of wsd, cosine, onecycle"):
         cfg_of("--schedule=linear")
