@@ -158,6 +158,7 @@ class TrainConfig(OptimConfig):
             owner = "an LSTM/GRU" if self.model == "gpt" else "a GPT"
             print0(f"note: model={self.model} ignores {', '.join(ignored)} (options of {owner} only)")
 
+
 @dataclass
 class State:
     """Everything a run carries from step to step (and what its checkpoints save)."""
