@@ -151,9 +151,8 @@ class TrainConfig(OptimConfig):
             return
         own = set(config_fields(self.model)) | {"block_size"}  # every model trains on windows of block_size
         other = set().union(*(config_fields(kind) for kind in ("gpt", "lstm"))) - own
-        chose = given_where(self, "model")
-        ignored = [k for k in sorted(other & given_keys(self)) if given_where(self, k).startswith("flag")
-                   or given_where(self, k) == chose]
+        chose, where = given_where(self, "model"), {k: given_where(self, k) for k in other & given_keys(self)}
+        ignored = sorted(k for k, w in where.items() if w.startswith("flag") or w == chose)
         if ignored:
             owner = "an LSTM/GRU" if self.model == "gpt" else "a GPT"
             print0(f"note: model={self.model} ignores {', '.join(ignored)} (options of {owner} only)")
