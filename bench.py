@@ -7,6 +7,7 @@ Throughput on this machine: training, tokenizers and generation.
     python bench.py generate           # decode tokens/s of engine.py's settings against the memory-bandwidth limit
     python bench.py train --steps=5 --compile=False    # more timed steps; skip the compiled settings
     python bench.py profile            # where the default training step's time goes: its phases, the top ops
+                                       # (a short run's eager step, then a long run's compiled one)
     python bench.py budget             # loss at equal wall clock: recipes trained on the same data and minutes
     python bench.py budget --dataset=wt2char --budget=10 --repeats=2    # (not part of `all`: it takes minutes)
     python bench.py budget --budget=30 --recipes=default,auto --parallel=True   # fixed 4 x 128 vs sized to 30 minutes
@@ -48,16 +49,18 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import SimpleNamespace
 
 import torch
 
-from common import COMPILE_MIN_BUDGET, autocast, resolve_compile, resolve_device, resolve_dtype, sync
+from common import (COMPILE_MIN_BUDGET, autocast, keep_freed_memory, resolve_compile, resolve_device, resolve_dtype,
+                    sync)
 from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
 from optim import OptimConfig, make_optimizers, make_scaler, objective, train_step
+from sizing import LONG_BUDGET, LONG_CONTEXT, LONG_LR
 
 WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget and sft take minutes per recipe
@@ -267,15 +270,29 @@ def bench_train(bc):
 
 
 def bench_profile(bc):
-    """The quickstart's default training step (train.py's dtype, eager) in its phases, the median of
-    PROFILE_STEPS timed steps each, then torch.profiler's top operators over a few more steps."""
-    from torch.profiler import ProfilerActivity, profile
+    """Where the default training step's time goes, in its phases (the median of PROFILE_STEPS timed steps
+    each) and torch.profiler's top operators over a few more steps: the step of a short run (the
+    quickstart's shape and batch, train.py's dtype, eager), then, with --compile (the default), the step of
+    a run of LONG_BUDGET minutes or more where such a run compiles (windows of LONG_CONTEXT, compiled)."""
     device = resolve_device(bc.device)
     dtype = resolve_dtype("auto", device)
     name, arch, ocfg, B, T = shapes(device)[0]
+    profile_step(f"{name} ({B} x {T} tokens), {dtype}, eager", arch, ocfg, B, T, device, dtype, False)
+    budget = max(LONG_BUDGET, COMPILE_MIN_BUDGET.get(dtype, 0))
+    if not bc.compile or not resolve_compile(None, device, dtype, budget):
+        return
+    B, T = max(1, B * T // LONG_CONTEXT), LONG_CONTEXT  # the same tokens a step, in longer windows
+    profile_step(f"{name} ({B} x {T} tokens), {dtype}, compiled: a run of {budget:g} minutes or more",
+                 replace(arch, block_size=T), replace(ocfg, lr=LONG_LR), B, T, device, dtype, True)
+
+
+def profile_step(what, arch, ocfg, B, T, device, dtype, compiled):
+    """One training step's phases and top operators (bench_profile)."""
+    from torch.profiler import ProfilerActivity, profile
     torch.manual_seed(0)
-    model = GPT(arch).to(device)
-    optimizers = make_optimizers(ocfg, model, device)
+    raw = GPT(arch).to(device)
+    model = torch.compile(raw) if compiled else raw
+    optimizers = make_optimizers(ocfg, raw, device)
     x, y = (torch.randint(arch.vocab_size, (B, T), device=device) for _ in range(2))
 
     def step():
@@ -284,7 +301,7 @@ def bench_profile(bc):
             loss = objective(model, x, y, ocfg)
         times.append(time.perf_counter())  # the forward...
         loss.backward()
-        for work in (lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip), *optimizers):
+        for work in (lambda: torch.nn.utils.clip_grad_norm_(raw.parameters(), ocfg.grad_clip), *optimizers):
             sync(device)
             times.append(time.perf_counter())
             work() if callable(work) else work.step()
@@ -293,13 +310,13 @@ def bench_profile(bc):
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         return [b - a for a, b in zip(times, times[1:])]
-    for _ in range(3):
+    for _ in range(3):  # (compiles the forward and backward graphs)
         step()
     rows = [step() for _ in range(PROFILE_STEPS)]
     phases = ["forward", "backward", "clip"] + [type(o).__name__ for o in optimizers]
     total = statistics.median(sum(r) for r in rows)
-    print(f"\nthe default training step: {name} ({B} x {T} tokens), {dtype}, eager, {torch.get_num_threads()} "
-          f"threads: {total * 1e3:.1f} ms ({B * T / total:,.0f} tok/s), median of {PROFILE_STEPS} steps")
+    print(f"\nthe default training step: {what}, {torch.get_num_threads()} threads: {total * 1e3:.1f} ms "
+          f"({B * T / total:,.0f} tok/s), median of {PROFILE_STEPS} steps")
     for i, phase in enumerate(phases):
         ms = statistics.median(r[i] for r in rows) * 1e3
         print(f"  {phase:<10} {ms:7.2f} ms {100 * ms / (total * 1e3):5.1f}%")
@@ -566,6 +583,8 @@ def main(argv):
         raise UserError(f"threads must be >= 0 (0: PyTorch's default) and steps >= 1, got {bc.threads} and {bc.steps}")
     if bc.threads:
         torch.set_num_threads(bc.threads)
+    if resolve_device(bc.device) == "cpu":
+        keep_freed_memory()  # as train.py's setup does: the steps timed here are its steps
     for name in ALL if what == "all" else (what,):
         t = time.time()
         globals()[f"bench_{name}"](bc)

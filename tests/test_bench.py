@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
+import common
 import model as model_lib
 import optim
 import train
@@ -35,17 +37,28 @@ def test_bench_times_every_setting_on_one_model():
         bench.main(["profile", "--threads=-1"])
 
 
-def test_profile_splits_the_default_step_into_its_phases(monkeypatch, capsys):
+def test_profile_splits_the_default_steps_into_their_phases(monkeypatch, capsys):
+    """A short run's eager step, then a long run's compiled one on longer windows (the same tokens a step)."""
     cfg = bench.recipe_config(vocab_size=32, n_layer=1, n_head=2, n_embd=16, block_size=16)
-    monkeypatch.setattr(bench, "shapes", lambda device: [("tiny", cfg, optim.OptimConfig(), 2, 16)])
+    monkeypatch.setattr(bench, "shapes", lambda device: [("tiny", cfg, optim.OptimConfig(), 64, 16)])
     monkeypatch.setattr(bench, "PROFILE_STEPS", 3)
+    compile_, compiled = torch.compile, []
+    monkeypatch.setattr(bench.torch, "compile", lambda m: compiled.append(m) or compile_(m, backend="eager"))
+    monkeypatch.setattr(common, "cpu_kernels_buildable", lambda: True)  # wherever this runs
     bench.main(["profile", "--device=cpu"])
     out = capsys.readouterr().out
-    assert "the default training step: tiny (2 x 16 tokens)" in out and "median of 3 steps" in out
-    shares = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()
-              if line.split()[:1] and line.split()[0] in ("forward", "backward", "clip", "Muon", "AdamW")]
-    assert len(shares) == 5 and all(x >= 0 for x in shares) and 50 < sum(shares) < 150  # medians of parts
-    assert "aten::mm" in out  # the profiler's operator table
+    eager, _, long = out.partition("compiled: a run of")
+    assert "the default training step: tiny (64 x 16 tokens)" in eager and "eager" in eager
+    assert "the default training step: tiny (4 x 256 tokens)" in eager.splitlines()[-1]  # the second heading
+    assert len(compiled) == 1 and compiled[0].cfg.block_size == 256
+    for section in (eager, long):
+        shares = [float(line.split()[-1].rstrip("%")) for line in section.splitlines()
+                  if line.split()[:1] and line.split()[0] in ("forward", "backward", "clip", "Muon", "AdamW")]
+        assert len(shares) == 5 and all(x >= 0 for x in shares) and 50 < sum(shares) < 150  # medians of parts
+    assert out.count("median of 3 steps") == 2 and out.count("aten::mm") >= 2  # and an operator table each
+    capsys.readouterr()
+    bench.main(["profile", "--device=cpu", "--compile=False"])
+    assert "compiled" not in capsys.readouterr().out and len(compiled) == 1
 
 
 def test_generation_benchmark_rows_measure_against_the_bandwidth_limit():
