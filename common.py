@@ -205,11 +205,10 @@ def setup(device="auto", dtype="auto"):
 def keep_freed_memory():
     """Let glibc's malloc keep freed memory for reuse; True where it took the settings (Linux), else False.
     A CPU step allocates and frees the same large buffers every time (activations, gradients). By default
-    malloc maps each one fresh from the OS and unmaps it when freed (or trims its heap), so every step
-    page-faults and zeroes them again: thousands of faults a step at the default's shape, about 7% of the
-    step (README, "The training step on a CPU"). Here buffers up to KEEP_FREED come from the heap, and the
-    heap keeps up to KEEP_FREED of freed memory rather than giving it back. Memory in use is unchanged; a
-    process just does not shrink below its peak."""
+    malloc maps the largest fresh from the OS and unmaps them when freed, and gives the rest back once
+    enough is free at once (its trim threshold), so every step page-faults and zeroes them in again (README,
+    "Freed memory kept for reuse"). Here buffers up to KEEP_FREED come from the heap, and the heap keeps up
+    to KEEP_FREED of freed memory. Memory in use is unchanged; a process just does not shrink below its peak."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):  # no C library found, or not glibc's (macOS, musl)
