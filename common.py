@@ -9,7 +9,8 @@ dtype=auto is bf16 on CUDA (fp16 where the GPU lacks bf16) and on CPUs that mult
 (AVX512-BF16 or AMX), else fp32. compile=None (resolve_compile) compiles on CUDA, and on a CPU for a long
 budget (longer in fp32, where compiling gains less), or a short one where a compiled run has left the
 model's graphs in Inductor's cache. Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from the environment;
-CUDA processes talk over NCCL, CPU ones over gloo.
+CUDA processes talk over NCCL, CPU ones over gloo. On a CPU, setup also has malloc keep freed memory for
+the next step (keep_freed_memory).
 """
 import contextlib
 import ctypes
