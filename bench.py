@@ -60,7 +60,7 @@ from configurator import UserError, cli, load_config, read_override_file
 from engine import compile_step, for_generation, generation_dtype, stream, window_slide
 from model import GPT, GPT2_ARCH, RECIPE_ARCH, GPTConfig, config_fields, size_gated_mlp
 from optim import OptimConfig, make_optimizers, make_scaler, objective, train_step
-from sizing import LONG_BUDGET, LONG_CONTEXT, LONG_LR
+from sizing import LONG_BUDGET, LONG_LR, long_windows
 
 WHAT = ("train", "profile", "tokenize", "generate", "budget", "sft")
 ALL = ("train", "tokenize", "generate")  # what `python bench.py` runs; budget and sft take minutes per recipe
@@ -281,7 +281,7 @@ def bench_profile(bc):
     budget = max(LONG_BUDGET, COMPILE_MIN_BUDGET.get(dtype, 0))
     if not bc.compile or not resolve_compile(None, device, dtype, budget):
         return
-    B, T = max(1, B * T // LONG_CONTEXT), LONG_CONTEXT  # the same tokens a step, in longer windows
+    B, T = long_windows(B, T)  # the same tokens a step, in longer windows
     profile_step(f"{name} ({B} x {T} tokens), {dtype}, compiled: a run of {budget:g} minutes or more",
                  replace(arch, block_size=T), replace(ocfg, lr=LONG_LR), B, T, device, dtype, True)
 

@@ -14,7 +14,6 @@ the next step (keep_freed_memory).
 """
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import hashlib
 import importlib
@@ -211,8 +210,8 @@ def keep_freed_memory():
     "Freed memory kept for reuse"). Here buffers up to KEEP_FREED come from the heap, and the heap keeps up
     to KEEP_FREED of freed memory. Memory in use is unchanged; a process just does not shrink below its peak."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc's (macOS, musl)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already has loaded
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or no such handle (Windows)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_FREED)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED))
 

@@ -179,6 +179,11 @@ def small_corpus(cfg, passes):
     return replace(cfg, **changes)
 
 
+def long_windows(batch_size, block_size):
+    """(batch_size, block_size) of a long budget: windows of LONG_CONTEXT, as many as keep the tokens a step."""
+    return max(1, batch_size * block_size // LONG_CONTEXT), LONG_CONTEXT
+
+
 def long_budget(cfg, meta, splits):
     """cfg with what a budget of LONG_BUDGET minutes or more changes in the recipe of a new GPT on token
     data (instruction data keeps its examples and LR), each unless given:
@@ -194,7 +199,7 @@ def long_budget(cfg, meta, splits):
     given, changes = given_keys(cfg), {}
     why = f"for a budget of {cfg.time_budget:g} minutes (at least {LONG_BUDGET:g})"
     if not {"block_size", "batch_size"} & given and min(len(s) for s in splits) > LONG_CONTEXT:
-        batch = cfg.batch_size * cfg.block_size // LONG_CONTEXT  # (both are TrainConfig's defaults here)
+        batch, _ = long_windows(cfg.batch_size, cfg.block_size)  # (both are TrainConfig's defaults here)
         changes.update(block_size=LONG_CONTEXT, batch_size=batch)
         print0(f"context: windows of {LONG_CONTEXT} tokens, {batch} a batch, {why}; --block_size and "
                f"--batch_size choose them")
