@@ -401,7 +401,7 @@ def test_a_cache_folder_that_cannot_be_made_is_a_cold_cache_not_an_error(monkeyp
 
 
 FAULTS = """import resource, sys, torch, common
-kept = sys.argv[1] == "keep" and common.keep_freed_memory()
+kept = common.keep_freed_memory()
 def step():  # a step's activations, in small: 8 buffers of 1 MB, allocated, written, all freed at the end
     buffers = [torch.empty(1 << 20, dtype=torch.uint8).fill_(1) for _ in range(8)]
 for _ in range(5):
@@ -419,7 +419,7 @@ def test_a_cpu_process_keeps_freed_memory_so_steps_do_not_page_fault_again():
     faults once warm. By default malloc often gives them back to the OS, as they exceed its trim threshold,
     and the next step faults every page in again (up to 2,048 faults a step here; how often varies from
     process to process, with where the heap lies, so only the kept case is asserted)."""
-    run = subprocess.run([sys.executable, "-c", FAULTS, "keep"], cwd=REPO, capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-c", FAULTS], cwd=REPO, capture_output=True, text=True, check=True)
     kept, faults = run.stdout.split()
     if kept != "True":
         pytest.skip("not glibc's malloc")
