@@ -36,9 +36,11 @@ our GPT-2-style baseline with its batch, context and LR tuned for short CPU budg
 the defaults with the ReLU² MLP they had before SwiGLU (relu2), the defaults kept on 16 x 128-token batches
 where a budget of 5 minutes or more would double their context (ctx128), the defaults at the LR they had
 before a budget of 5 minutes or more lowered it (lr4e-3), the defaults with RoPE's base at the 10,000 they
-had before 100,000 (rope1e4), the defaults with nanochat's x0 and residual scalars (x0mix: train.py
+had before 100,000 (rope1e4), the defaults with nanochat's weight decay, fading to 0 over the run by a cosine
+(wdcos), the defaults with nanochat's x0 and residual scalars (x0mix: train.py
 --x0_mix=True, which export.py refuses), and the defaults with the model sized to the budget (auto: train.py
---auto_size=True); relu2, ctx128, lr4e-3, rope1e4, x0mix and auto are not in the default list.
+--auto_size=True); relu2, ctx128, lr4e-3, rope1e4, wdcos, x0mix and auto are not in the default
+list.
 The README's tables run from 2 to 30 minutes.
 """
 import contextlib
@@ -90,6 +92,8 @@ RECIPES = {
     "lr4e-3": ["--lr=4e-3"],
     # the defaults with RoPE's base at RoFormer's 10,000, as they had before 100,000
     "rope1e4": ["--rope_theta=10000"],
+    # the defaults with their weight decay fading to 0 over the run by a cosine, as nanochat's does
+    "wdcos": ["--wd_schedule=cosine"],
     # the defaults with each block's input a learned mix of the residual stream and the embeddings (not exportable)
     "x0mix": ["--x0_mix=True"],
     # the defaults with the model sized to the budget on this machine (sizing.py), not fixed at 4 x 128

@@ -24,6 +24,7 @@ from configurator import UserError
 
 SCHEDULES = ("wsd", "cosine", "onecycle", "invsqrt", "step", "constant")
 DECAY_SHAPES = ("linear", "sqrt")
+WD_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("muon", "adamw", "sgd")
 NOT_HIDDEN = ("wte.", "wpe.", "lm_head.")  # 2-D weights that are lookups or the output layer, not hidden matrices
 NORMUON_BETA2 = 0.9  # Muon with normuon: the EMA of each neuron's mean squared update
@@ -43,6 +44,7 @@ class OptimConfig:
     weight_decay: float = 0.5  # decoupled (lr x this per step), on the hidden weight matrices only (not biases,
     # norms); 0.5, not GPT-2's 0.1: a small corpus read many times over then overfits later (README, the recipe)
     decay_embeddings: bool = False  # weight decay on the embeddings and the output layer too (GPT-2's, nanoGPT's)
+    wd_schedule: str = "constant"  # constant | cosine: weight_decay times 0.5 (1 + cos(pi progress)), to 0 (nanochat's)
     beta1: float = 0.9  # adamw
     beta2: float = 0.99  # adamw
     eps: float = 1e-8  # adamw
@@ -67,6 +69,8 @@ class OptimConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'"),
             (0 < self.decay_frac <= 1, f"decay_frac must be in (0, 1], not {self.decay_frac}"),
+            (self.wd_schedule in WD_SCHEDULES,
+             f"wd_schedule must be one of {', '.join(WD_SCHEDULES)}, not '{self.wd_schedule}'"),
             (self.decay_shape in DECAY_SHAPES,
              f"decay_shape must be one of {', '.join(DECAY_SHAPES)}, not '{self.decay_shape}'"),
             (self.muon_lr_scale > 0 and 0 <= self.muon_momentum < 1,
@@ -126,6 +130,14 @@ def get_lr(it, progress, cfg):
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * ratio))
 
 
+def get_wd_factor(progress, cfg):
+    """The share of weight_decay in effect at this progress: 1 throughout (constant), or a cosine from 1 to 0
+    over the run (cosine, nanochat's), so the decay, already times the LR, fades out before the LR does."""
+    if cfg.wd_schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def get_momentum(progress, cfg, top=None):
     """A momentum (SGD's, Muon's, or AdamW's beta1) at this progress: `top` (default: the optimizer's
     configured value), except under onecycle, where it moves opposite to the LR, down to momentum_min at
@@ -139,10 +151,14 @@ def get_momentum(progress, cfg, top=None):
 
 
 def set_schedule(optimizers, lr, progress, cfg):
-    """Set every parameter group's LR (lr times the group's lr_scale) and momentum (or beta1) for this step."""
+    """Set every parameter group's LR (lr times the group's lr_scale), momentum (or beta1) and weight decay
+    (its top_weight_decay times get_wd_factor) for this step."""
+    wd_factor = get_wd_factor(progress, cfg)
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+            # a checkpoint from before top_weight_decay had a constant weight_decay: that is its top
+            group["weight_decay"] = group.setdefault("top_weight_decay", group["weight_decay"]) * wd_factor
             momentum = get_momentum(progress, cfg, group.get("top_momentum"))
             if "betas" in group:
                 group["betas"] = (momentum, group["betas"][1])

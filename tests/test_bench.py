@@ -13,6 +13,7 @@ import model as model_lib
 import optim
 import train
 from configurator import UserError, load_config
+from conftest import cfg_of
 
 pytestmark = pytest.mark.slow  # benchmarks (the budget comparison runs train.py in subprocesses)
 
@@ -96,3 +97,10 @@ def test_bench_budget_tabulates_every_recipe(corpus, tmp_path, monkeypatch, caps
     assert (tmp_path / "out" / "bench-budget-code-0.05m" / "table.md").is_file()
     with pytest.raises(UserError, match="budget needs --recipes from nanogpt"):
         bench.bench_budget(load_config(bench.BenchConfig(), ["--recipes=fastest"]))
+
+
+
+@pytest.mark.parametrize("name", list(bench.RECIPES))
+def test_every_budget_recipe_is_a_valid_training_config(name):
+    cfg = cfg_of(*bench.RECIPES[name])  # a key train.py does not know, or a bad value, is a UserError here
+    assert cfg.n_layer == 4 and cfg.n_embd == 128  # the one model every recipe trains (auto sizes it at run time)

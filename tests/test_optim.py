@@ -218,6 +218,29 @@ def test_onecycle_cycles_muons_momentum_and_adamws_beta1():
     assert muon.param_groups[0]["momentum"] == pytest.approx(0.95) and adamw.param_groups[0]["betas"][0] == pytest.approx(0.9)
 
 
+@pytest.mark.parametrize("opt", ["muon", "adamw"])
+def test_cosine_weight_decay_fades_to_zero_and_resumes_from_its_top(opt):
+    model = GPT(GPTConfig(**TINY_GPT_4H, **MODERN))
+    cfg = cfg_of(f"--optimizer={opt}", "--wd_schedule=cosine", "--weight_decay=0.4")
+
+    def decays(optimizers):  # each group's weight decay now, in order
+        return [g["weight_decay"] for o in optimizers for g in o.param_groups]
+    optimizers = optim.make_optimizers(cfg, model, "cpu")
+    top = decays(optimizers)
+    assert 0.4 in top and 0.0 in top  # the hidden matrices decay, the rest do not
+    for progress, share in [(0.0, 1.0), (0.5, 0.5), (0.25, 0.5 + 0.5 * math.cos(math.pi / 4)), (1.0, 0.0), (1.3, 0.0)]:
+        optim.set_schedule(optimizers, 1e-3, progress, cfg)
+        assert decays(optimizers) == pytest.approx([w * share for w in top])
+    optim.set_schedule(optimizers, 1e-3, 0.5, cfg)
+    resumed = optim.make_optimizers(cfg, model, "cpu")  # a resumed run: the state saved half-way through
+    for o, saved in zip(resumed, optimizers):
+        o.load_state_dict(saved.state_dict())
+    optim.set_schedule(resumed, 1e-3, 0.75, cfg)  # from the top, not from the half already in effect
+    assert decays(resumed) == pytest.approx([w * (0.5 + 0.5 * math.cos(0.75 * math.pi)) for w in top])
+    optim.set_schedule(optimizers, 1e-3, 0.5, cfg_of(f"--optimizer={opt}", "--weight_decay=0.4"))  # constant
+    assert decays(optimizers) == top
+
+
 def test_muon_without_hidden_matrices_is_a_user_error():
     bare = GPT(GPTConfig(**{**TINY_GPT_4H, "n_layer": 0}))  # embeddings and the output layer only
     with pytest.raises(UserError, match="optimizer=muon needs 2-D hidden weight matrices.*--optimizer=adamw"):
@@ -229,6 +252,7 @@ def test_muon_without_hidden_matrices_is_a_user_error():
     (["--decay_frac=0"], r"decay_frac must be in \(0, 1\]"),
     (["--decay_frac=1.5"], r"decay_frac must be in \(0, 1\]"),
     (["--decay_shape=cosine"], "decay_shape must be one of linear, sqrt"),
+    (["--wd_schedule=linear"], "wd_schedule must be one of constant, cosine, not 'linear'"),
     (["--optimizer=lion"], "optimizer must be one of muon, adamw, sgd"),
     (["--muon_momentum=1.0"], "muon_momentum in"),
     (["--max_iters=-1", "--time_budget=1"], r"max_iters and time_budget must be >= 0 .* not -1 and 1"),
